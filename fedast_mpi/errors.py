@@ -1,0 +1,35 @@
+"""Error types; each maps to the exit code the CLI returns (SPEC §7)."""
+
+
+class FedastError(Exception):
+    """Base of every error the CLI reports as one line and an exit code."""
+
+    exit_code = 1
+
+
+class ConfigError(FedastError):
+    """A bad config value, key, file or command-line usage (exit 2)."""
+
+    exit_code = 2
+
+
+class DataError(FedastError):
+    """A missing or malformed data file (exit 2)."""
+
+    exit_code = 2
+
+
+class CheckpointError(FedastError):
+    """A checkpoint that cannot be used (exit 3)."""
+
+    exit_code = 3
+
+
+class ProtocolError(FedastError):
+    """A message on the wire that breaks the protocol (exit 1)."""
+
+
+class WorldSizeError(FedastError):
+    """An MPI world the job cannot run on (exit 2)."""
+
+    exit_code = 2
