@@ -1,0 +1,84 @@
+"""The `fedast-mpi` command: run, validate, inspect. The only place that touches COMM_WORLD."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from fedast_mpi.errors import ConfigError, FedastError
+from fedast_mpi.launch import error_line
+
+
+def env_rank() -> int:
+    """This process's rank as the launcher tells it (before MPI is initialised)."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            try:
+                return int(os.environ[var])
+            except ValueError:
+                pass
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fedast-mpi", description="FedAST over MPI: several FL tasks over one "
+                "pool of clients. Run under mpiexec: rank 0 is the server, the others workers.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="train (no CONFIG: the embedded default job)")
+    run.add_argument("config", nargs="?", help="YAML config (default: the embedded job)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. tasks.0.buffer_size=5 (repeatable)")
+    run.add_argument("--out", help="run directory (default: run.out_dir/run.name)")
+    val = sub.add_parser("validate", help="check a config without MPI")
+    val.add_argument("config", nargs="?")
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ins = sub.add_parser("inspect", help="one-screen summary of a run directory or file")
+    ins.add_argument("path")
+    return p
+
+
+def cmd_validate(args) -> int:
+    from fedast_mpi.config import load_config
+    cfg = load_config(args.config, args.overrides)
+    names = ", ".join(f"{t.name} (R={t.requests}, b={t.buffer_size})" for t in cfg.tasks)
+    print(f"config OK: {cfg.algorithm.name}, {cfg.run.clock} clock, {cfg.clients.count} clients, "
+          f"{len(cfg.tasks)} tasks: {names}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from fedast_mpi.summary import summarize
+    print(summarize(args.path))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from fedast_mpi.config import load_config
+    cfg = load_config(args.config, args.overrides)  # same on every rank: no MPI needed to fail
+    out_dir = Path(args.out) if args.out else Path(cfg.run.out_dir) / cfg.run.name
+    from mpi4py import MPI
+
+    from fedast_mpi.launch import run_job
+    comm = MPI.COMM_WORLD.Dup()
+    try:
+        return run_job(cfg, out_dir, comm)
+    finally:
+        comm.Free()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        return {"run": cmd_run, "validate": cmd_validate, "inspect": cmd_inspect}[args.command](args)
+    except FedastError as exc:
+        if env_rank() == 0:
+            print(error_line(str(exc)), file=sys.stderr, flush=True)
+        return exc.exit_code

@@ -1,0 +1,102 @@
+"""Clients: speed tiers, shifted-exponential delay streams, FIFO queues, availability cap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedast_mpi import seeding
+
+TIER_ORDER = ("slow", "normal", "fast")
+
+
+def assign_tiers(count: int, tiers, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tier code (0 slow, 1 normal, 2 fast) and speed multiplier of every client.
+
+    Clients are shuffled with the run's TIERS stream and cut in tier order
+    (PAPER.md §5.1), so the same seed gives the same tiers for every algorithm.
+    """
+    perm = seeding.generator(seed, seeding.TIERS).permutation(count)
+    fractions = np.array([getattr(tiers, name).fraction for name in TIER_ORDER])
+    bounds = np.rint(np.cumsum(fractions) * count).astype(np.int64)
+    bounds[-1] = count
+    code = np.empty(count, np.int8)
+    start = 0
+    for k, stop in enumerate(bounds):
+        code[perm[start:stop]] = k
+        start = stop
+    mult = np.array([getattr(tiers, name).multiplier for name in TIER_ORDER], np.float32)[code]
+    return code, mult
+
+
+@dataclass(frozen=True)
+class DelayModel:
+    """Duration of one request: local_multi × tier multiplier × (shift + Exp(exp_mean))."""
+
+    shift: float
+    exp_mean: float
+    local_multi: float
+
+    def draw(self, rng: np.random.Generator, multiplier: float) -> float:
+        """One request duration, from one draw of the client's (client, task) stream."""
+        expo = rng.exponential(self.exp_mean) if self.exp_mean > 0 else 0.0
+        return self.local_multi * float(multiplier) * (self.shift + expo)
+
+
+class ClientPool:
+    """Every client's FIFO queue (busy-until time), pending requests and delay streams.
+
+    A request dispatched at `now` to client i starts at max(now, busy_until[i])
+    and finishes after one duration draw (PAPER.md §1.4). The availability cap
+    limits the number of distinct clients with pending work; a busy client can
+    always take more (its queue grows).
+    """
+
+    def __init__(self, tier: np.ndarray, multiplier: np.ndarray, delays: list[DelayModel],
+                 seed: int, available: int | None):
+        self.tier = tier
+        self.multiplier = multiplier
+        self.delays = delays
+        self.seed = seed
+        self.available = available
+        n = len(tier)
+        self.busy_until = np.zeros(n, np.float64)
+        self.pending = np.zeros(n, np.int64)
+        self.n_busy = 0
+        self._streams: dict[tuple[int, int], np.random.Generator] = {}
+
+    @property
+    def count(self) -> int:
+        return len(self.tier)
+
+    def stream(self, client: int, task: int) -> np.random.Generator:
+        """The delay stream of (client, task), created on first use."""
+        key = (client, task)
+        rng = self._streams.get(key)
+        if rng is None:
+            rng = self._streams[key] = seeding.generator(self.seed, seeding.DELAY, client, task)
+        return rng
+
+    def can_accept(self, client: int) -> bool:
+        """False when the client is idle and the cap of busy clients is reached."""
+        return self.available is None or self.pending[client] > 0 or self.n_busy < self.available
+
+    def schedule(self, client: int, task: int, now: float) -> tuple[float, float]:
+        """Queue one request of `task` on `client` at `now`; returns (start, finish)."""
+        duration = self.delays[task].draw(self.stream(client, task), self.multiplier[client])
+        start = max(now, float(self.busy_until[client]))
+        finish = start + duration
+        self.busy_until[client] = finish
+        if self.pending[client] == 0:
+            self.n_busy += 1
+        self.pending[client] += 1
+        return start, finish
+
+    def release(self, client: int) -> None:
+        """A request of the client was processed or cancelled (its queue time stays)."""
+        self.pending[client] -= 1
+        if self.pending[client] == 0:
+            self.n_busy -= 1
+        elif self.pending[client] < 0:
+            raise RuntimeError(f"client {client} released more requests than it had")

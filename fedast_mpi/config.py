@@ -1,0 +1,705 @@
+"""The job configuration: YAML loaded into typed, frozen dataclasses (SPEC §7).
+
+Every section checks itself at construction; a bad key or value raises
+`ConfigError` with a one-line message that starts with the dotted key, e.g.
+``tasks.1.buffer_size: 50 exceeds tasks.1.requests (20)``.
+
+Loading resolves derived values (per-task requests from `algorithm.total_requests`,
+buffer sizes from `algorithm.r_to_b`, dataset and model argument defaults), so the
+`Config` a run sees, and the one `to_yaml` writes next to its results, holds only
+concrete values: ``config_from_dict(yaml.safe_load(to_yaml(c))) == c``.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import copy
+import dataclasses
+import importlib.resources
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+from fedast_mpi import catalog
+from fedast_mpi.errors import ConfigError
+
+ALGORITHMS: tuple[str, ...] = ("fedast", "fedast-nobuffer")
+"""Values of `algorithm.name` this version runs."""
+
+ALLOCATIONS: tuple[str, ...] = ("static",)
+"""Values of `algorithm.allocation` this version runs."""
+
+DEFAULT_CONFIG = "configs/default.yaml"
+"""The embedded default job, relative to the `fedast_mpi` package."""
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class _KeyError(ConfigError):
+    """A ConfigError about one key, relative to the section that raised it.
+
+    The parent section that built the raising one prefixes its own key, so the
+    message that reaches the user names the full dotted key. `detail` may hold
+    ``{p}``, replaced by the key's parent path, to name sibling keys.
+    """
+
+    def __init__(self, key: str, detail: str):
+        self.key = key
+        self.detail = detail
+        parent = key.rpartition(".")[0]
+        text = detail.replace("{p}", parent + "." if parent else "")
+        super().__init__(f"{key}: {text}" if key else text)
+
+    def prefixed(self, prefix: str) -> "_KeyError":
+        return _KeyError(f"{prefix}.{self.key}" if self.key else prefix, self.detail)
+
+
+def _fail(key: str, detail: str) -> typing.NoReturn:
+    raise _KeyError(key, detail)
+
+
+class _prefix:
+    """Context manager: re-raise a _KeyError from inside with `prefix.` added."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        if isinstance(exc, _KeyError):
+            raise exc.prefixed(self.prefix) from None
+        return False
+
+
+def _show(value: Any) -> str:
+    """A short repr of a bad value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --------------------------------------------------------------------------- coercion
+
+
+def _as_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(key, f"expected an integer, got {_show(value)}")
+    return int(value)
+
+
+def _as_float(key: str, value: Any, *, allow_inf: bool = False) -> float:
+    if isinstance(value, bool):
+        _fail(key, f"expected a number, got {_show(value)}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            _fail(key, f"expected a number, got {_show(value)}")
+    else:
+        _fail(key, f"expected a number, got {_show(value)}")
+    if math.isnan(number) or (math.isinf(number) and not allow_inf):
+        _fail(key, f"expected a finite number, got {_show(value)}")
+    return number
+
+
+def _as_str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        _fail(key, f"expected a string, got {_show(value)}")
+    return value
+
+
+def _coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    """Check `value` against the type hint of one field; returns the stored value."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, hint, meta)
+    if value is None and meta.get("none_is_inf"):
+        return math.inf
+    if origin is Literal:
+        if not isinstance(value, str) or value not in args:
+            _fail(key, f"expected one of {', '.join(args)}; got {_show(value)}")
+        return value
+    if hint is int:
+        return _as_int(key, value)
+    if hint is float:
+        return _as_float(key, value, allow_inf=bool(meta.get("none_is_inf")))
+    if hint is str:
+        return _as_str(key, value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            _fail(key, f"expected true or false, got {_show(value)}")
+        return value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, Mapping):
+            _fail(key, f"expected a mapping, got {_show(value)}")
+        with _prefix(key):
+            return _build(hint, value)
+    if origin is tuple:  # tuple[Section, ...]
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+            _fail(key, f"expected a list, got {_show(value)}")
+        return tuple(_coerce(f"{key}.{i}", item, args[0], {}) for i, item in enumerate(value))
+    if origin in (collections.abc.Mapping, dict) or hint is Mapping:
+        if not isinstance(value, Mapping):
+            _fail(key, f"expected a mapping, got {_show(value)}")
+        return value  # checked by the owning section against the catalog
+    raise TypeError(f"config field {key} has an unsupported type {hint!r}")
+
+
+def _build(cls: type, data: Mapping[str, Any]) -> Any:
+    """Construct section `cls` from a mapping, rejecting unknown and missing keys."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            _fail(str(key), f"unknown key (known: {', '.join(names)})")
+    for f in dataclasses.fields(cls):
+        missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if missing and f.name not in data:
+            _fail(f.name, "required key missing")
+    return cls(**data)
+
+
+def _arg_value(key: str, value: Any, default: Any) -> Any:
+    """`value` checked against the type of a catalog default (lists element-wise)."""
+    if isinstance(default, bool):
+        return _coerce(key, value, bool, {})
+    if isinstance(default, int):
+        return _as_int(key, value)
+    if isinstance(default, float):
+        return _as_float(key, value)
+    if isinstance(default, str):
+        return _as_str(key, value)
+    if isinstance(default, (list, tuple)):
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+            _fail(key, f"expected a list, got {_show(value)}")
+        if not default:
+            return tuple(value)
+        return tuple(_arg_value(f"{key}.{i}", v, default[0]) for i, v in enumerate(value))
+    return value
+
+
+def _check_args(key: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Merge `given` over catalog `defaults`, each value of its default's type."""
+    for name in given:
+        if name not in defaults:
+            known = ", ".join(defaults) if defaults else "none"
+            _fail(f"{key}.{name}", f"unknown key (known: {known})")
+    return MappingProxyType({
+        name: _arg_value(f"{key}.{name}", given.get(name, default), default)
+        for name, default in defaults.items()
+    })
+
+
+class _Section:
+    """Base of every config section: type-checks and coerces fields, then `_check`."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            object.__setattr__(self, f.name, _coerce(f.name, value, hints[f.name], f.metadata))
+        self._check()
+
+    def _check(self) -> None:
+        """Range and cross-field checks of the section (keys relative to it)."""
+
+
+def _positive(key: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        _fail(key, f"must be > 0, got {value!r}")
+
+
+def _non_negative(key: str, value: float | None) -> None:
+    if value is not None and not value >= 0:
+        _fail(key, f"must be >= 0, got {value!r}")
+
+
+def _at_least(key: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        _fail(key, f"must be >= {low}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointConfig(_Section):
+    """When rank 0 writes checkpoints (`run.checkpoint`)."""
+
+    every_seconds: float = 600.0
+    """Wall seconds between checkpoints (> 0)."""
+    keep: int = 2
+    """How many of the newest checkpoints to keep (>= 1)."""
+
+    def _check(self) -> None:
+        _positive("every_seconds", self.every_seconds)
+        _at_least("keep", self.keep, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(_Section):
+    """Where, how long and on what a run goes (`run`)."""
+
+    name: str = "fedast"
+    """Name of the run; the run directory is named after it."""
+    out_dir: str = "runs"
+    """Directory the run directories are created in."""
+    seed: int = 0
+    """Root of every random stream (`fedast_mpi.seeding`)."""
+    clock: Literal["virtual", "real"] = "virtual"
+    """`virtual`: simulated, deterministic time; `real`: wall time with injected delays."""
+    time_scale: float = 0.01
+    """Wall seconds per simulated time unit under the real clock (> 0)."""
+    max_time: float = field(default=math.inf, metadata={"none_is_inf": True})
+    """Simulated time at which the run stops (> 0); null (stored as inf) is unbounded."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where workers train: `auto` picks CUDA when present."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoint schedule."""
+    log_every: float = 2.0
+    """Wall seconds between progress lines (>= 0; 0 logs every event)."""
+
+    def _check(self) -> None:
+        if not self.name.strip():
+            _fail("name", "must not be empty")
+        _positive("time_scale", self.time_scale)
+        _positive("max_time", self.max_time)
+        _non_negative("log_every", self.log_every)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReallocConfig(_Section):
+    """Parameters of dynamic request allocation, Realloc (`algorithm.realloc`)."""
+
+    variant: Literal["paper", "code"] = "paper"
+    """Which Realloc: as the paper writes it, or as its reference code does (PAPER.md §9)."""
+    window: int = 8
+    """Number of recent aggregations the rate estimates use (>= 2)."""
+    period_factor: float = 0.75
+    """Reallocation period as a factor of the mean aggregation interval (> 0)."""
+
+    def _check(self) -> None:
+        _at_least("window", self.window, 2)
+        _positive("period_factor", self.period_factor)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlgorithmConfig(_Section):
+    """The server algorithm (`algorithm`)."""
+
+    name: str = "fedast"
+    """One of `ALGORITHMS`."""
+    allocation: str = "static"
+    """How requests are shared among tasks; one of `ALLOCATIONS`."""
+    total_requests: int | None = None
+    """Total outstanding requests over all tasks (>= 1); split over tasks without `requests`.
+    After loading it is the sum of the tasks' requests."""
+    r_to_b: float = 32.0
+    """Requests-to-buffer ratio: a task without `buffer_size` gets round(requests / r_to_b)."""
+    realloc: ReallocConfig = field(default_factory=ReallocConfig)
+    """Realloc parameters (used by dynamic allocation)."""
+    first_k: int | None = 30
+    """Sync baselines: aggregate the first k updates of a round (>= 1); null waits for all."""
+
+    def _check(self) -> None:
+        if self.name not in ALGORITHMS:
+            _fail("name", f"unknown algorithm {self.name!r} (known: {', '.join(ALGORITHMS)})")
+        if self.allocation == "dynamic" and "dynamic" not in ALLOCATIONS:
+            _fail("allocation", "dynamic allocation (Realloc) is not available in this version "
+                                f"(known: {', '.join(ALLOCATIONS)})")
+        if self.allocation not in ALLOCATIONS:
+            _fail("allocation", f"unknown allocation {self.allocation!r} "
+                                f"(known: {', '.join(ALLOCATIONS)})")
+        _at_least("total_requests", self.total_requests, 1)
+        _positive("r_to_b", self.r_to_b)
+        _at_least("first_k", self.first_k, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TierConfig(_Section):
+    """One client speed tier."""
+
+    fraction: float
+    """Share of the clients in this tier, in [0, 1]."""
+    multiplier: float
+    """Factor on the request duration of the tier's clients (> 0)."""
+
+    def _check(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            _fail("fraction", f"must be in [0, 1], got {self.fraction!r}")
+        _positive("multiplier", self.multiplier)
+
+
+_TIER_DEFAULTS = {
+    "slow": {"fraction": 0.25, "multiplier": 1.3},
+    "normal": {"fraction": 0.5, "multiplier": 1.0},
+    "fast": {"fraction": 0.25, "multiplier": 0.7},
+}
+
+
+def _tier(name: str):
+    return field(default_factory=lambda: TierConfig(**_TIER_DEFAULTS[name]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TiersConfig(_Section):
+    """Client speed tiers (`clients.tiers`); a missing key takes its tier's default."""
+
+    slow: TierConfig = _tier("slow")
+    """Slow clients (default 25 %, x1.3)."""
+    normal: TierConfig = _tier("normal")
+    """Normal clients (default 50 %, x1.0)."""
+    fast: TierConfig = _tier("fast")
+    """Fast clients (default 25 %, x0.7)."""
+
+    def __post_init__(self) -> None:
+        for name, defaults in _TIER_DEFAULTS.items():
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, {**defaults, **value})
+        super().__post_init__()
+
+    def _check(self) -> None:
+        total = self.slow.fraction + self.normal.fraction + self.fast.fraction
+        if abs(total - 1.0) > 1e-9:
+            _fail("", f"fractions must sum to 1, got {total!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientsConfig(_Section):
+    """The simulated clients (`clients`)."""
+
+    count: int = 100
+    """Number of clients N (>= 1)."""
+    available: int | None = None
+    """Cap on distinct busy clients (1..count); null is no cap."""
+    tiers: TiersConfig = field(default_factory=TiersConfig)
+    """Speed tiers."""
+
+    def _check(self) -> None:
+        _at_least("count", self.count, 1)
+        _at_least("available", self.available, 1)
+        if self.available is not None and self.available > self.count:
+            _fail("available", f"{self.available} exceeds {{p}}count ({self.count})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PartitionConfig(_Section):
+    """How a task's data is split over clients (`tasks.<i>.partition`)."""
+
+    kind: str = "iid"
+    """Partition kind; one of the dataset's `catalog.DATASETS[...].partitions`."""
+    alpha: float = 0.5
+    """Dirichlet concentration (> 0); smaller is more heterogeneous."""
+    samples_per_client: int | None = None
+    """Training samples per client (>= 1); null splits the whole training set."""
+
+    def _check(self) -> None:
+        _positive("alpha", self.alpha)
+        _at_least("samples_per_client", self.samples_per_client, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DelayConfig(_Section):
+    """Request durations: local_multi x shifted exponential(shift, exp_mean) x tier."""
+
+    shift: float = 1.0
+    """Minimum duration (>= 0)."""
+    exp_mean: float = 2.0
+    """Mean of the exponential part (>= 0)."""
+    local_multi: float = 1.0
+    """Task-specific factor on the duration (> 0)."""
+
+    def _check(self) -> None:
+        _non_negative("shift", self.shift)
+        _non_negative("exp_mean", self.exp_mean)
+        _positive("local_multi", self.local_multi)
+        if not self.shift + self.exp_mean > 0:
+            _fail("exp_mean", "shift + exp_mean must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskConfig(_Section):
+    """One task: data, model, hyper-parameters and target (`tasks.<i>`)."""
+
+    name: str
+    """Unique name; `--set tasks.<name>.key=value` uses it, so not all digits and no dots."""
+    dataset: str
+    """A key of `catalog.DATASETS`."""
+    dataset_args: Mapping[str, Any] = field(default_factory=dict)
+    """Dataset arguments; after loading, every argument of the dataset with its value."""
+    data_dir: str | None = None
+    """Directory of the dataset's standard files (datasets that do not ship embedded)."""
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    """Split of the data over clients."""
+    model: str
+    """A key of `catalog.MODELS`."""
+    model_args: Mapping[str, Any] = field(default_factory=dict)
+    """Model arguments; after loading, every argument of the model with its value."""
+    local_steps: int = 10
+    """Local SGD steps per request, tau (>= 1)."""
+    batch_size: int = 32
+    """Local mini-batch size (>= 1)."""
+    local_lr: float = 0.05
+    """Client learning rate (> 0)."""
+    global_lr: float = 1.0
+    """Server learning rate applied to the aggregated update (> 0)."""
+    weight_decay: float = 0.0
+    """L2 weight decay of local SGD (>= 0)."""
+    buffer_size: int | None = None
+    """Updates aggregated at once, b_m (1..requests); null derives it from `algorithm.r_to_b`."""
+    requests: int | None = None
+    """Outstanding requests R_m (>= 1); null takes a share of `algorithm.total_requests`."""
+    target_accuracy: float
+    """Test accuracy at which the task is done, in (0, 1]."""
+    eval_every: int = 1
+    """Evaluate the global model every this many aggregations (>= 1)."""
+    delay: DelayConfig = field(default_factory=DelayConfig)
+    """Request duration model."""
+
+    def _check(self) -> None:
+        name = self.name
+        if not name:
+            _fail("name", "must not be empty")
+        if name.isdigit():
+            _fail("name", f"{name!r} must not be all digits (--set tasks.<index> uses those)")
+        if any(c in name for c in ".=") or any(c.isspace() for c in name):
+            _fail("name", f"{name!r} must not contain '.', '=' or spaces")
+        spec = catalog.DATASETS.get(self.dataset)
+        if spec is None:
+            _fail("dataset", f"unknown dataset {self.dataset!r} "
+                             f"(known: {', '.join(catalog.DATASETS)})")
+        object.__setattr__(self, "dataset_args",
+                           _check_args("dataset_args", self.dataset_args, spec.args))
+        if self.partition.kind not in spec.partitions:
+            _fail("partition.kind", f"{self.partition.kind!r} is not a partition of dataset "
+                                    f"{self.dataset!r} (known: {', '.join(spec.partitions)})")
+        model = catalog.MODELS.get(self.model)
+        if model is None:
+            _fail("model", f"unknown model {self.model!r} (known: {', '.join(catalog.MODELS)})")
+        object.__setattr__(self, "model_args",
+                           _check_args("model_args", self.model_args, model.args))
+        for key in ("local_steps", "batch_size", "buffer_size", "requests", "eval_every"):
+            _at_least(key, getattr(self, key), 1)
+        for key in ("local_lr", "global_lr"):
+            _positive(key, getattr(self, key))
+        _non_negative("weight_decay", self.weight_decay)
+        if not 0.0 < self.target_accuracy <= 1.0:
+            _fail("target_accuracy", f"must be in (0, 1], got {self.target_accuracy!r}")
+        if (self.buffer_size is not None and self.requests is not None
+                and self.buffer_size > self.requests):
+            _fail("buffer_size", f"{self.buffer_size} exceeds {{p}}requests ({self.requests})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(_Section):
+    """A whole job. Built by `load_config` / `config_from_dict`, resolved on construction."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run identity, clock, limits and checkpoints."""
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """Server algorithm and request allocation."""
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    """Simulated clients."""
+    tasks: tuple[TaskConfig, ...]
+    """The tasks trained simultaneously (at least one)."""
+
+    def _check(self) -> None:
+        tasks = self.tasks
+        if not tasks:
+            _fail("tasks", "must list at least one task")
+        seen: dict[str, int] = {}
+        for i, task in enumerate(tasks):
+            if task.name in seen:
+                _fail(f"tasks.{i}.name",
+                      f"duplicate task name {task.name!r} (also tasks.{seen[task.name]}.name)")
+            seen[task.name] = i
+        object.__setattr__(self, "tasks", self._resolve(tasks))
+
+    def _resolve(self, tasks: tuple[TaskConfig, ...]) -> tuple[TaskConfig, ...]:
+        """Concrete requests and buffer sizes; `algorithm.total_requests` becomes their sum."""
+        algo = self.algorithm
+        total = algo.total_requests
+        unset = [i for i, t in enumerate(tasks) if t.requests is None]
+        given = sum(t.requests for t in tasks if t.requests is not None)
+        requests = [t.requests for t in tasks]
+        if unset:
+            if total is None:
+                _fail(f"tasks.{unset[0]}.requests",
+                      "required when algorithm.total_requests is null")
+            left = total - given
+            if left < len(unset):
+                _fail("algorithm.total_requests",
+                      f"{total} leaves {left} requests for {len(unset)} task(s) without "
+                      f"requests (tasks set {given})")
+            share, extra = divmod(left, len(unset))
+            for j, i in enumerate(unset):
+                requests[i] = share + (1 if j < extra else 0)
+        elif total is not None and total != given:
+            _fail("algorithm.total_requests",
+                  f"{total} differs from the sum of the tasks' requests ({given})")
+        resolved = []
+        for i, (task, r) in enumerate(zip(tasks, requests)):
+            if algo.name == "fedast-nobuffer":
+                b = 1
+            elif task.buffer_size is None:
+                b = min(r, max(1, round(r / algo.r_to_b)))
+            else:
+                b = task.buffer_size
+            with _prefix(f"tasks.{i}"):
+                resolved.append(dataclasses.replace(task, requests=r, buffer_size=b))
+        object.__setattr__(self, "algorithm",
+                           dataclasses.replace(algo, total_requests=sum(requests)))
+        return tuple(resolved)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """Names of the tasks, in config order."""
+        return tuple(t.name for t in self.tasks)
+
+    def task_index(self, name: str) -> int:
+        """Index of the task named `name` (an all-digit string is taken as an index)."""
+        return _task_index(self.task_names, str(name), f"tasks.{name}")
+
+
+def _task_index(names: Sequence[Any], ref: str, key: str) -> int:
+    if ref.isdigit():
+        if int(ref) < len(names):
+            return int(ref)
+        raise ConfigError(f"{key}: no task with index {ref} (there are {len(names)})")
+    for i, name in enumerate(names):
+        if name == ref:
+            return i
+    known = ", ".join(str(n) for n in names) or "none"
+    raise ConfigError(f"{key}: no task named {ref!r} (tasks: {known})")
+
+
+# --------------------------------------------------------------------------- API
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Check and resolve a raw config mapping (as read from YAML)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config: top level must be a mapping, got {_show(data)}")
+    try:
+        return _build(Config, data)
+    except _KeyError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Apply one `--set KEY=VALUE` to a raw config dict in place.
+
+    KEY is dotted (`run.checkpoint.keep`); a task is named by index or name
+    (`tasks.0.buffer_size`, `tasks.digits.buffer_size`). VALUE is parsed as YAML.
+    """
+    key, eq, text = item.partition("=")
+    key = key.strip()
+    if not eq:
+        raise ConfigError(f"{key or item}: expected KEY=VALUE in --set {item!r}")
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"{key or '(empty)'}: bad key in --set {item!r}")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {text!r}: {_one_line(exc)}") from None
+    node: Any = data
+    for depth, part in enumerate(parts):
+        path = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            names = [t.get("name") if isinstance(t, Mapping) else None for t in node]
+            index = _task_index(names, part, path)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+            continue
+        if not isinstance(node, dict):
+            parent = ".".join(parts[:depth])
+            raise ConfigError(f"{path}: {parent} is not a mapping")
+        if last:
+            node[part] = value
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _read_text(path: str | os.PathLike | None) -> tuple[str, str]:
+    if path is None:
+        resource = importlib.resources.files("fedast_mpi").joinpath(DEFAULT_CONFIG)
+        return "<embedded default>", resource.read_text(encoding="utf-8")
+    shown = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return shown, handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {shown!r} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {shown!r} is a directory") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {shown!r} cannot be read: {_one_line(exc)}") from None
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config (None: the embedded default), apply `--set` overrides, resolve."""
+    shown, text = _read_text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or _one_line(exc)
+        raise ConfigError(f"config file {shown!r}{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {shown!r}: top level must be a mapping, "
+                          f"got {type(data).__name__}")
+    data = copy.deepcopy(data)
+    for item in overrides:
+        apply_override(data, item)
+    return config_from_dict(data)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return None  # only run.max_time may be inf: null means unbounded
+    return value
+
+
+def to_dict(cfg: Config) -> dict:
+    """The resolved config as plain dicts, lists and scalars (inf max_time as None)."""
+    return _plain(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML, in field order; loads back to an equal Config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)

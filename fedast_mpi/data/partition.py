@@ -1,0 +1,96 @@
+"""Client partitions of a training set: index arrays drawn from a numpy Generator."""
+
+import numpy as np
+
+from fedast_mpi.errors import ConfigError
+
+
+def _stream(n_items: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    """The first `length` items of a stream of concatenated fresh permutations of range(n_items)."""
+    n_perms = -(-length // n_items) if length else 0
+    if n_perms == 0:
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate([rng.permutation(n_items) for _ in range(n_perms)])[:length].astype(np.int64)
+
+
+def iid_partition(n_items: int, n_clients: int, samples_per_client: int | None,
+                  rng: np.random.Generator) -> list[np.ndarray]:
+    """Uniformly random client shards.
+
+    samples_per_client None: a disjoint, near-equal split of one permutation (when there are
+    fewer items than clients, the permutation is continued by fresh ones so each client gets
+    one item). Given: client k takes the next samples_per_client items of a stream of
+    concatenated fresh permutations (items repeat only once the stream wraps).
+    """
+    _check(n_items, n_clients, samples_per_client)
+    if samples_per_client is None:
+        return [a.copy() for a in np.array_split(_stream(n_items, max(n_items, n_clients), rng), n_clients)]
+    s = _stream(n_items, n_clients * samples_per_client, rng)
+    return [s[k * samples_per_client:(k + 1) * samples_per_client].copy() for k in range(n_clients)]
+
+
+def _largest_remainder(p: np.ndarray, total: int) -> np.ndarray:
+    """Integer counts summing exactly to `total`, proportional to p (largest-remainder rounding)."""
+    raw = p * total
+    counts = np.floor(raw).astype(np.int64)
+    short = total - int(counts.sum())
+    if short > 0:
+        order = np.argsort(-(raw - counts), kind="stable")  # ties: lowest class first
+        counts[order[:short]] += 1
+    return counts
+
+
+def _class_probs(alpha: float, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """p ~ Dir(alpha * 1_C); a degenerate draw (tiny alpha underflow) becomes a random one-hot."""
+    p = rng.dirichlet(np.full(n_classes, float(alpha)))
+    if not np.all(np.isfinite(p)) or p.sum() <= 0:
+        p = np.zeros(n_classes)
+        p[rng.integers(n_classes)] = 1.0
+    return p / p.sum()
+
+
+def dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float,
+                        samples_per_client: int | None, rng: np.random.Generator) -> list[np.ndarray]:
+    """Label-skewed client shards after the authors' DirichletLoader (PAPER.md §6.1).
+
+    Per client: p ~ Dir(alpha * 1_C) over the classes present in `labels`; counts of each
+    class by largest-remainder rounding of samples_per_client * p, so every client has
+    exactly samples_per_client samples (None: n_items // n_clients, at least 1), unlike the
+    authors' round() that can be off by a few. Each class has a pool taken sequentially
+    across clients; an exhausted pool is refilled with a fresh permutation of that class only
+    (the authors put back all used samples of all classes). Pools start as a permutation too,
+    so the dataset order does not matter. The client's samples are then shuffled.
+    """
+    labels = np.asarray(labels)
+    _check(len(labels), n_clients, samples_per_client)
+    if not alpha > 0:
+        raise ConfigError(f"dirichlet partition needs alpha > 0, got {alpha!r}")
+    spc = samples_per_client if samples_per_client is not None else max(1, len(labels) // n_clients)
+    classes = np.unique(labels)
+    members = [np.flatnonzero(labels == c).astype(np.int64) for c in classes]
+    pools = [rng.permutation(m) for m in members]
+    cursor = [0] * len(classes)
+    shards = []
+    for _ in range(n_clients):
+        counts = _largest_remainder(_class_probs(alpha, len(classes), rng), spc)
+        parts = []
+        for c, need in enumerate(counts):
+            while need > 0:
+                if cursor[c] == len(pools[c]):
+                    pools[c], cursor[c] = rng.permutation(members[c]), 0
+                take = min(need, len(pools[c]) - cursor[c])
+                parts.append(pools[c][cursor[c]:cursor[c] + take])
+                cursor[c] += take
+                need -= take
+        shards.append(rng.permutation(np.concatenate(parts)).astype(np.int64))
+    return shards
+
+
+def _check(n_items: int, n_clients: int, samples_per_client: int | None) -> None:
+    """Reject partitions that cannot be made."""
+    if n_items < 1:
+        raise ConfigError("cannot partition an empty training set")
+    if n_clients < 1:
+        raise ConfigError(f"need at least one client, got {n_clients}")
+    if samples_per_client is not None and samples_per_client < 1:
+        raise ConfigError(f"samples_per_client must be >= 1, got {samples_per_client}")

@@ -1,0 +1,95 @@
+"""Where requests run: the Update record, wait accounting, and the in-process executor (-n 1)."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Update:
+    """One received update; `delta` may be a view into a landing slot."""
+
+    request: int
+    task: int
+    worker: int
+    train_loss: float
+    n_samples: int
+    delta: np.ndarray
+    slot: object = None
+
+
+class WaitClock:
+    """Context manager adding up wall and CPU seconds spent waiting (the no-spin figure)."""
+
+    def __init__(self):
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def __enter__(self):
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall += time.perf_counter() - self._w
+        self.cpu += time.process_time() - self._c
+        return False
+
+
+class InProcessExecutor:
+    """Runs requests on the server's own rank (world size 1), same interface as ServerTransport.
+
+    Virtual clock: a request is trained when the server asks for its update.
+    Real clock: a request is trained once its release wall time has come.
+    """
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.pending: dict[int, tuple] = {}
+        self.due: list[tuple[float, int]] = []
+        self.wait = WaitClock()
+
+    def submit(self, req, model: np.ndarray, release_wall: float = 0.0) -> None:
+        req.worker = 0
+        self.pending[req.id] = (req, model)
+        heapq.heappush(self.due, (release_wall, req.id))
+
+    def _run(self, rid: int) -> Update:
+        req, model = self.pending.pop(rid)
+        delta, loss, n = self.runner.train(req.task, req.client, model, req.seed)
+        return Update(req.id, req.task, 0, loss, n, delta)
+
+    def wait_for(self, rid: int) -> Update:
+        return self._run(rid)
+
+    def poll(self, timeout: float) -> list[Update]:
+        while self.due and self.due[0][1] not in self.pending:
+            heapq.heappop(self.due)
+        if not self.due:
+            return []
+        left = self.due[0][0] - time.time()
+        if left > 0:
+            with self.wait:
+                time.sleep(min(left, timeout))
+        out = []
+        while self.due and self.due[0][0] <= time.time():
+            _, rid = heapq.heappop(self.due)
+            if rid in self.pending:
+                out.append(self._run(rid))
+        return out
+
+    def discard(self, rid: int) -> None:
+        self.pending.pop(rid, None)
+
+    def free(self, upd: Update) -> None:
+        pass
+
+    def cancel_task(self, task: int) -> None:
+        for rid in [r for r, (req, _) in self.pending.items() if req.task == task]:
+            del self.pending[rid]
+
+    def shutdown(self) -> None:
+        self.pending.clear()

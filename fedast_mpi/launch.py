@@ -1,0 +1,137 @@
+"""Roles by rank, device binding, and failure semantics: any rank's error aborts the job once."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+from fedast_mpi.errors import ConfigError, FedastError
+
+
+def error_line(message: str) -> str:
+    return f"fedast-mpi: error: {message}"
+
+
+def configure_threads() -> None:
+    """One intra-op thread per rank by default: ranks share cores, results stay bitwise equal."""
+    import torch
+    torch.set_num_threads(int(os.environ.get("FEDAST_TORCH_THREADS", "1")))
+
+
+def select_device(requested: str, comm):
+    """CPU, or the GPU `local rank % n_gpus` (local rank from a shared-memory split)."""
+    import torch
+    from mpi4py import MPI
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"run.device: 'cuda' requested but rank {comm.rank} on "
+                          f"{socket.gethostname()} sees no CUDA device")
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_rank = local.rank
+    local.Free()
+    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
+def collective_phase(comm, fn):
+    """Run fn on every rank; if any rank fails, every rank learns it and rank 0 prints it once.
+
+    Returns (result, 0) on success, (None, exit_code) after a failure anywhere.
+    """
+    result, code, msg = None, 0, ""
+    try:
+        result = fn()
+    except FedastError as exc:
+        code, msg = exc.exit_code, str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported, then the job exits
+        code, msg = 1, f"rank {comm.rank} on {socket.gethostname()}: {type(exc).__name__}: {exc}"
+        if os.environ.get("FEDAST_DEBUG"):
+            traceback.print_exc()
+    failures = [(c, m) for c, m in comm.allgather((code, msg)) if c]
+    if not failures:
+        return result, 0
+    if comm.rank == 0:
+        print(error_line(failures[0][1]), file=sys.stderr, flush=True)
+    return None, failures[0][0]
+
+
+def abort(comm, exc: BaseException) -> None:
+    """Print this rank's error once (labelled with rank and host) and abort the whole job."""
+    code = exc.exit_code if isinstance(exc, FedastError) else 1
+    where = f"rank {comm.rank} on {socket.gethostname()}"
+    text = str(exc) if isinstance(exc, FedastError) else f"{type(exc).__name__}: {exc}"
+    print(error_line(f"{where}: {text}"), file=sys.stderr, flush=True)
+    if os.environ.get("FEDAST_DEBUG"):
+        traceback.print_exc()
+    comm.Abort(code)
+
+
+def run_job(cfg, out_dir: Path, comm) -> int:
+    """The `run` sub-command on every rank: set up collectively, then server or worker."""
+    import time
+
+    from fedast_mpi import __version__
+    from fedast_mpi.config import to_yaml
+    from fedast_mpi.runlog import RunLog
+    from fedast_mpi.runner import TaskRunner
+    from fedast_mpi.schema import RUN_FILE
+
+    real = cfg.run.clock == "real"
+    run_file = out_dir / RUN_FILE
+
+    def setup():
+        configure_threads()
+        runner = TaskRunner(cfg, select_device(cfg.run.device, comm))
+        log = None
+        if comm.rank == 0:
+            log = RunLog(run_file, config_yaml=to_yaml(cfg), algorithm=cfg.algorithm.name,
+                         clock=cfg.run.clock, seed=cfg.run.seed, world_size=comm.size,
+                         package_version=__version__)
+        return runner, log
+
+    state, code = collective_phase(comm, setup)
+    if code:
+        return code
+    runner, log = state
+    wall0 = comm.bcast(time.time(), root=0)
+    try:
+        if comm.rank == 0:
+            return serve(cfg, runner, log, comm, wall0, str(run_file))
+        from fedast_mpi.worker import Worker
+        Worker(comm, runner, real).run()
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
+        if log is not None:
+            try:
+                log.close("failed", str(exc))
+            except Exception:  # noqa: BLE001
+                pass
+        abort(comm, exc)
+        return 1
+
+
+def serve(cfg, runner, log, comm, wall0: float, run_file: str) -> int:
+    """Rank 0: build the executor, run the server, drain the workers, close the run file."""
+    from fedast_mpi.executor import InProcessExecutor
+    from fedast_mpi.progress import Progress
+    from fedast_mpi.server import Server
+
+    if comm.size == 1:
+        executor = InProcessExecutor(runner)
+    else:
+        from fedast_mpi.transport import ServerTransport
+        executor = ServerTransport(comm, runner.n_params, arrival_order=cfg.run.clock == "real")
+    progress = Progress(cfg.run.log_every)
+    server = Server(cfg, runner, executor, log, progress, comm.size)
+    server.wall0 = wall0
+    status, reason = server.run()
+    executor.shutdown()
+    server.finish()
+    log.close(status, reason)
+    progress.final(server, status, reason, run_file)
+    return 0

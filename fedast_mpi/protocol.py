@@ -1,0 +1,67 @@
+"""The wire protocol: tags, fixed-size headers and message layouts, in one place.
+
+Server -> worker: a CTRL header (64 bytes) on TAG_CTRL; a MODEL header is
+followed by the model's flat float32 vector on TAG_MODEL. Messages between
+one pair of ranks are non-overtaking, so a model always arrives before the
+requests that need it.
+
+Worker -> server: one message per update on TAG_UPDATE + task: UPDATE_HEADER
+bytes followed by the flat float32 delta, received straight into a landing
+slot of that task's pool (the FedAST buffer holds the slot: no copy). A worker
+that stops sends FINAL (its count of updates sent) so the server can drain.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TAG_CTRL = 1
+TAG_MODEL = 2
+TAG_FINAL = 3
+TAG_UPDATE = 100  # + task index
+
+# Control kinds (server -> worker).
+REQUEST = 1
+MODEL = 2
+CANCEL_TASK = 3
+STOP = 4
+
+CTRL_DTYPE = np.dtype([
+    ("kind", "<i4"), ("task", "<i4"), ("client", "<i4"), ("pad", "<i4"),
+    ("request", "<i8"), ("version", "<i8"), ("seed", "<i8"),
+    ("finish_time", "<f8"), ("release_wall", "<f8"), ("n_params", "<i8"),
+])
+assert CTRL_DTYPE.itemsize == 64
+
+UPDATE_DTYPE = np.dtype([
+    ("request", "<i8"), ("task", "<i4"), ("worker", "<i4"),
+    ("train_loss", "<f4"), ("n_samples", "<i4"), ("compute", "<f4"), ("pad", "<i4"),
+])
+HEADER_BYTES = UPDATE_DTYPE.itemsize
+assert HEADER_BYTES == 32
+
+FINAL_DTYPE = np.dtype([("worker", "<i4"), ("pad", "<i4"), ("sent", "<i8")])
+
+
+def ctrl(kind: int, **fields) -> np.ndarray:
+    """A one-element CTRL header with the given fields (others zero)."""
+    msg = np.zeros(1, CTRL_DTYPE)
+    msg["kind"] = kind
+    for name, value in fields.items():
+        msg[name] = value
+    return msg
+
+
+def update_message(n_params: int) -> np.ndarray:
+    """An uninitialised update message buffer (bytes) for a model of n_params."""
+    return np.empty(HEADER_BYTES + 4 * n_params, np.uint8)
+
+
+def update_header(buf: np.ndarray) -> np.ndarray:
+    """The header view (one UPDATE_DTYPE record) of an update message."""
+    return buf[:HEADER_BYTES].view(UPDATE_DTYPE)
+
+
+def update_payload(buf: np.ndarray) -> np.ndarray:
+    """The flat float32 delta view of an update message."""
+    return buf[HEADER_BYTES:].view(np.float32)

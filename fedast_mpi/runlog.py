@@ -1,0 +1,360 @@
+"""The run file `RUN_DIR/run.h5` (SPEC §8): a buffered writer for rank 0 and a checked read-only opener."""
+
+import math
+import os
+import time as _time
+
+import h5py
+import numpy as np
+
+from . import schema
+from .errors import ConfigError, FedastError
+
+TABLE_CHUNK = 4096  # rows per chunk of the appended tables
+MODEL_CHUNK = 1 << 18  # float32 elements per chunk of a final model (1 MiB)
+OPEN_ATTEMPTS = 3  # tries of a read that may overlap the writer's flush
+RETRY_DELAY = 0.1  # seconds between them
+
+
+class RunFileError(FedastError):
+    """A run file that is missing, not HDF5, or not a fedast-mpi run file (exit 2)."""
+
+    exit_code = 2
+
+
+def _open_h5(path, mode):
+    """Open with HDF5 file locking off (so live readers and the writer do not block each other)."""
+    try:
+        return h5py.File(path, mode, locking=False)
+    except (TypeError, ValueError) as e:  # h5py/HDF5 without the locking option
+        if "locking" not in str(e):
+            raise
+        return h5py.File(path, mode)
+
+
+def _as_str(value):
+    """An HDF5 string attribute as str (h5py may hand back bytes)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+class _Table:
+    """Rows of one appended dataset waiting for the next flush, kept in arrival order."""
+
+    __slots__ = ("path", "dtype", "rows", "arrays")
+
+    def __init__(self, path, dtype):
+        self.path = path
+        self.dtype = dtype
+        self.rows = []  # tuples, appended on the hot path
+        self.arrays = []  # converted blocks, in order, ahead of `rows`
+
+    def add_array(self, rows):
+        """Queue a block of rows, keeping order with the single rows queued before it."""
+        arr = np.asarray(rows)
+        if arr.dtype.names != self.dtype.names:
+            raise ValueError(f"{self.path}: rows have fields {arr.dtype.names}, "
+                             f"expected {self.dtype.names}")
+        self._seal()
+        self.arrays.append(arr.astype(self.dtype, copy=True).reshape(-1))
+
+    def _seal(self):
+        """Convert the queued single rows to one block."""
+        if not self.rows:
+            return
+        try:
+            block = np.array(self.rows, dtype=self.dtype)
+        except (TypeError, ValueError):
+            try:
+                block = np.array([tuple(r) for r in self.rows], dtype=self.dtype)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{self.path}: a buffered row does not match "
+                                 f"{self.dtype.names}: {e}") from None
+        self.rows = []
+        self.arrays.append(block)
+
+    def pending(self):
+        """Number of rows waiting."""
+        return len(self.rows) + sum(len(a) for a in self.arrays)
+
+    def take(self):
+        """All waiting rows as one array (the queue is emptied), or None when there are none."""
+        self._seal()
+        if not self.arrays:
+            return None
+        block = self.arrays[0] if len(self.arrays) == 1 else np.concatenate(self.arrays)
+        self.arrays = []
+        return block
+
+
+def _new_table(parent, name, dtype):
+    """An empty, chunked, resizable 1-D dataset of `dtype` rows."""
+    return parent.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
+                                 chunks=(TABLE_CHUNK,))
+
+
+def _append(ds, block):
+    """Append rows at the end of a 1-D resizable dataset."""
+    n = ds.shape[0]
+    ds.resize((n + len(block),))
+    ds[n:n + len(block)] = block
+
+
+class RunLog:
+    """The run file, written by rank 0 only, appended and flushed as the run goes.
+
+    Rows handed to `event`, `eval`, `aggregation` and `allocation` are kept in memory (one list
+    append, no HDF5 call) and written in bulk by `flush` (or `maybe_flush`, at most every
+    `flush_every` seconds), which then flushes HDF5 so the file on disk is complete and
+    consistent. All HDF5 writes happen inside such flushes (or in the rare calls that flush
+    right away: `add_task`, `write_clients`, `task_reached`, `final_model`, `set_attrs`).
+
+    Live reading: the writer opens the file with HDF5 file locking off and the default
+    (1.8-compatible) format, so it takes no lock and sets no "open for writing" flag. A reader
+    on the same file while the run goes on needs only to open it read-only, read, and close it:
+    `h5py.File(path, "r", locking=False)` (or `open_run`), `h5dump`/`h5ls` as they are, or with
+    `HDF5_USE_FILE_LOCKING=FALSE` in its environment (needed when the writer is an HDF5 that
+    does lock, and on file systems where `flock` fails). A reader sees the rows up to the last
+    flush; to see newer rows it must reopen the file (no SWMR: Debian's 1.10 tools cannot read
+    the `libver="latest"` files SWMR needs). A read that overlaps a flush can fail or see a
+    partial state: retry it.
+    """
+
+    def __init__(self, path, *, config_yaml: str, algorithm: str, clock: str, seed: int,
+                 world_size: int, package_version: str, flush_every: float = 1.0):
+        self.path = os.fspath(path)
+        self.flush_every = float(flush_every)
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        if os.path.exists(self.path):
+            raise ConfigError(f"{self.path} already exists; choose another output directory")
+        try:
+            self._f = _open_h5(self.path, "w-")
+        except FileExistsError:
+            raise ConfigError(f"{self.path} already exists; choose another output directory") from None
+        except OSError as e:
+            if os.path.exists(self.path):
+                raise ConfigError(f"{self.path} already exists; choose another output directory") from None
+            raise ConfigError(f"cannot create {self.path}: {e}") from None
+        self._closed = False
+        f = self._f
+        f.attrs["schema"] = schema.RUN_SCHEMA
+        f.attrs["config"] = str(config_yaml)
+        f.attrs["algorithm"] = str(algorithm)
+        f.attrs["clock"] = str(clock)
+        f.attrs["seed"] = np.int64(seed)
+        f.attrs["world_size"] = np.int64(world_size)
+        f.attrs["package_version"] = str(package_version)
+        f.attrs["status"] = "running"
+        f.attrs["stop_reason"] = ""
+        f.create_group(schema.TASKS)
+        self._events = _Table(schema.EVENTS, schema.EVENT_DTYPE)
+        self._aggregations = _Table(schema.AGGREGATIONS, schema.AGGREGATION_DTYPE)
+        self._allocation = _Table(schema.ALLOCATION, schema.ALLOCATION_DTYPE)
+        for table in (self._events, self._aggregations, self._allocation):
+            _new_table(f, table.path, table.dtype)
+        self._tasks = {}  # task index -> group name
+        self._evals = {}  # task index -> _Table
+        self._last_flush = _time.monotonic()
+        f.flush()
+
+    # -- structure ---------------------------------------------------------------------------
+
+    def _group(self, task):
+        """The /tasks/<name> group of a task index."""
+        try:
+            return self._f[schema.TASKS][self._tasks[int(task)]]
+        except KeyError:
+            raise ValueError(f"task {task} was not added with add_task") from None
+
+    def add_task(self, index: int, name: str, *, dataset: str, model: str, n_params: int,
+                 target_accuracy: float) -> None:
+        """Create /tasks/<name> with its attributes and an empty eval table."""
+        index = int(index)
+        if index in self._tasks:
+            raise ValueError(f"task index {index} already added as {self._tasks[index]!r}")
+        g = self._f[schema.TASKS].create_group(name)
+        g.attrs["index"] = np.int64(index)
+        g.attrs["dataset"] = str(dataset)
+        g.attrs["model"] = str(model)
+        g.attrs["n_params"] = np.int64(n_params)
+        g.attrs["target_accuracy"] = np.float64(target_accuracy)
+        g.attrs["reached_time"] = np.float64(math.nan)
+        _new_table(g, schema.EVAL, schema.EVAL_DTYPE)
+        self._tasks[index] = name
+        self._evals[index] = _Table(f"{schema.TASKS}/{name}/{schema.EVAL}", schema.EVAL_DTYPE)
+        self._f.flush()
+
+    def write_clients(self, tier: np.ndarray, multiplier: np.ndarray,
+                      n_samples: np.ndarray) -> None:
+        """Write the /clients group: tier (i1), multiplier (f4), n_samples (clients × tasks, i4)."""
+        tier = np.asarray(tier, dtype=schema.CLIENT_DTYPE["tier"]).reshape(-1)
+        multiplier = np.asarray(multiplier, dtype=schema.CLIENT_DTYPE["multiplier"]).reshape(-1)
+        n_samples = np.asarray(n_samples, dtype=schema.N_SAMPLES_DTYPE)
+        if n_samples.ndim == 1:
+            n_samples = n_samples.reshape(-1, 1)
+        n = len(tier)
+        if len(multiplier) != n or n_samples.ndim != 2 or n_samples.shape[0] != n:
+            raise ValueError(f"/clients: tier {tier.shape}, multiplier {multiplier.shape} and "
+                             f"n_samples {n_samples.shape} do not describe the same clients")
+        if schema.CLIENTS in self._f:
+            del self._f[schema.CLIENTS]
+        g = self._f.create_group(schema.CLIENTS)
+        rows = max(1, min(n, TABLE_CHUNK))
+        g.create_dataset(schema.CLIENT_TIER, data=tier, maxshape=(None,), chunks=(rows,))
+        g.create_dataset(schema.CLIENT_MULTIPLIER, data=multiplier, maxshape=(None,),
+                         chunks=(rows,))
+        g.create_dataset(schema.CLIENT_N_SAMPLES, data=n_samples, maxshape=(None, None),
+                         chunks=(rows, max(1, n_samples.shape[1])))
+        self._f.flush()
+
+    # -- rows (buffered) ---------------------------------------------------------------------
+
+    def event(self, row: tuple) -> None:
+        """Queue one /events row (EVENT_DTYPE fields in order)."""
+        self._events.rows.append(row)
+
+    def events(self, rows: np.ndarray) -> None:
+        """Queue many /events rows (an EVENT_DTYPE array)."""
+        self._events.add_array(rows)
+
+    def eval(self, task: int, row: tuple) -> None:
+        """Queue one /tasks/<name>/eval row (EVAL_DTYPE fields in order) of task index `task`."""
+        try:
+            self._evals[task].rows.append(row)
+        except KeyError:
+            raise ValueError(f"task {task} was not added with add_task") from None
+
+    def aggregation(self, row: tuple) -> None:
+        """Queue one /aggregations row (AGGREGATION_DTYPE fields in order)."""
+        self._aggregations.rows.append(row)
+
+    def allocation(self, row: tuple) -> None:
+        """Queue one /allocation row (ALLOCATION_DTYPE fields in order)."""
+        self._allocation.rows.append(row)
+
+    # -- immediate writes --------------------------------------------------------------------
+
+    def task_reached(self, task: int, time: float) -> None:
+        """Record when a task first reached its target accuracy (later calls are ignored)."""
+        g = self._group(task)
+        if math.isnan(float(g.attrs["reached_time"])):
+            g.attrs["reached_time"] = np.float64(time)
+            self._f.flush()
+
+    def final_model(self, task: int, vec: np.ndarray) -> None:
+        """Write a task's final model as a float32 vector (replacing an earlier one)."""
+        g = self._group(task)
+        vec = np.asarray(vec, dtype=schema.FINAL_MODEL_DTYPE).reshape(-1)
+        if schema.FINAL_MODEL in g:
+            del g[schema.FINAL_MODEL]
+        g.create_dataset(schema.FINAL_MODEL, data=vec, maxshape=(None,),
+                         chunks=(max(1, min(len(vec), MODEL_CHUNK)),))
+        self._f.flush()
+
+    def set_attrs(self, **attrs) -> None:
+        """Set extra root attributes (measured figures and the like); `schema` is reserved."""
+        if "schema" in attrs:
+            raise ValueError("the schema attribute is fixed")
+        for key, value in attrs.items():
+            self._f.attrs[key] = "" if value is None else value
+        self._f.flush()
+
+    # -- flushing ----------------------------------------------------------------------------
+
+    def maybe_flush(self, now: float | None = None) -> None:
+        """Flush when `flush_every` seconds (time.monotonic) passed since the last flush."""
+        if now is None:
+            now = _time.monotonic()
+        if now - self._last_flush >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write all queued rows to their datasets, then flush HDF5 to disk."""
+        if self._closed:
+            return
+        f = self._f
+        for table in (self._events, self._aggregations, self._allocation, *self._evals.values()):
+            block = table.take()
+            if block is not None and len(block):
+                _append(f[table.path], block)
+        f.flush()
+        self._last_flush = _time.monotonic()
+
+    def pending(self) -> int:
+        """Rows queued and not yet written."""
+        tables = (self._events, self._aggregations, self._allocation, *self._evals.values())
+        return sum(t.pending() for t in tables)
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` ran."""
+        return self._closed
+
+    def close(self, status: str, stop_reason: str = "") -> None:
+        """Flush, set status and stop_reason, and close the file; later calls do nothing."""
+        if self._closed:
+            return
+        if status not in schema.STATUSES:
+            raise ValueError(f"status {status!r} is not one of {schema.STATUSES}")
+        try:
+            self.flush()
+        finally:
+            try:
+                self._f.attrs["status"] = status
+                self._f.attrs["stop_reason"] = str(stop_reason)
+            finally:
+                self._closed = True
+                self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """Close as failed on an exception, else as completed (if still open)."""
+        if exc_type is None:
+            self.close("completed")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("interrupted", "KeyboardInterrupt")
+        else:
+            self.close("failed", f"{exc_type.__name__}: {exc}")
+        return False
+
+
+def open_run(path) -> h5py.File:
+    """Open a run file (or RUN_DIR) read-only without file locking, checking its schema."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, schema.RUN_FILE)
+    if not os.path.exists(path):
+        raise RunFileError(f"{path}: no such run file")
+    if not os.path.isfile(path):
+        raise RunFileError(f"{path}: not a regular file")
+    try:
+        is_h5 = h5py.is_hdf5(path)
+    except OSError as e:
+        raise RunFileError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not is_h5:
+        raise RunFileError(f"{path}: not an HDF5 file")
+    for attempt in range(OPEN_ATTEMPTS):  # an open that overlaps the writer's flush can fail
+        try:
+            f = _open_h5(path, "r")
+            break
+        except OSError as e:
+            if attempt == OPEN_ATTEMPTS - 1:
+                raise RunFileError(f"{path}: cannot open as HDF5 ({e}); "
+                                   f"if it is being written, retry") from None
+            _time.sleep(RETRY_DELAY)
+    try:
+        if "schema" not in f.attrs:
+            raise RunFileError(f"{path}: HDF5 file without a schema attribute; "
+                               f"not a fedast-mpi run file")
+        found = _as_str(f.attrs["schema"])
+        if found != schema.RUN_SCHEMA:
+            what = " (a checkpoint)" if found == schema.CHECKPOINT_SCHEMA else ""
+            raise RunFileError(f"{path}: has schema {found!r}{what}, expected {schema.RUN_SCHEMA!r}")
+    except BaseException:
+        f.close()
+        raise
+    return f

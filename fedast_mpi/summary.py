@@ -1,0 +1,108 @@
+"""One-screen text summary of a run file, finished or still being written."""
+
+import math
+import os
+import time
+
+import numpy as np
+
+from . import schema
+from .runlog import OPEN_ATTEMPTS, RETRY_DELAY, RunFileError, _as_str, open_run
+
+
+def _attr(obj, key, default="?"):
+    """An attribute as plain Python (str for strings), or `default` when absent."""
+    if key not in obj.attrs:
+        return default
+    value = obj.attrs[key]
+    if isinstance(value, (bytes, str)):
+        return _as_str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _num(x, fmt="{:.4g}"):
+    """A number for the table; '-' for NaN or missing."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return fmt.format(x)
+
+
+def _rows(f, path):
+    """Row count of a dataset, 0 when absent."""
+    return f[path].shape[0] if path in f else 0
+
+
+def summarize(path: str) -> str:
+    """Summarize RUN_DIR/run.h5 (or a run file): run attributes, row counts, one line per task."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, schema.RUN_FILE)
+    for attempt in range(OPEN_ATTEMPTS):  # a read that overlaps the writer's flush can fail
+        try:
+            return _summarize(path)
+        except (OSError, KeyError) as e:
+            if attempt == OPEN_ATTEMPTS - 1:
+                raise RunFileError(f"{path}: cannot read ({e}); "
+                                   f"if it is being written, retry") from None
+            time.sleep(RETRY_DELAY)
+
+
+def _summarize(path):
+    """The summary text of one read of the run file."""
+    with open_run(path) as f:
+        lines = [f"{path}  ({_attr(f, 'schema')})"]
+        lines.append(f"algorithm {_attr(f, 'algorithm')}   clock {_attr(f, 'clock')}   "
+                     f"seed {_attr(f, 'seed')}   world_size {_attr(f, 'world_size')}   "
+                     f"package_version {_attr(f, 'package_version')}")
+        stop = _attr(f, "stop_reason", "")
+        lines.append(f"status {_attr(f, 'status')}" + (f"   stop_reason {stop}" if stop else ""))
+
+        if schema.EVENTS in f and f[schema.EVENTS].shape[0]:
+            ev = f[schema.EVENTS]
+            ev_task = ev["task"]
+            ev_stale = ev["staleness"]
+            ev_acc = ev["accepted"]
+        else:
+            ev_task = ev_stale = ev_acc = np.zeros(0)
+        if schema.AGGREGATIONS in f and f[schema.AGGREGATIONS].shape[0]:
+            agg_task = f[schema.AGGREGATIONS]["task"]
+        else:
+            agg_task = np.zeros(0)
+        n_clients = f[schema.CLIENTS][schema.CLIENT_TIER].shape[0] if (
+            schema.CLIENTS in f and schema.CLIENT_TIER in f[schema.CLIENTS]) else 0
+        lines.append(f"events {len(ev_task)} (accepted {int(np.count_nonzero(ev_acc))})   "
+                     f"aggregations {len(agg_task)}   allocation rows "
+                     f"{_rows(f, schema.ALLOCATION)}   clients {n_clients}")
+
+        header = ("task", "dataset", "model", "n_params", "target", "reached",
+                  "eval t", "eval ver", "accuracy", "aggs", "events", "stale mean", "stale max")
+        table = [header]
+        tasks = f[schema.TASKS] if schema.TASKS in f else {}
+        order = sorted(tasks, key=lambda n: (_attr(tasks[n], "index", 0), n))
+        for name in order:
+            g = tasks[name]
+            index = _attr(g, "index", -1)
+            last = (None, None, None)
+            if schema.EVAL in g and g[schema.EVAL].shape[0]:
+                row = g[schema.EVAL][-1]
+                last = (float(row["time"]), int(row["version"]), float(row["accuracy"]))
+            mine = ev_task == index
+            stale = ev_stale[mine]
+            table.append((
+                name, str(_attr(g, "dataset")), str(_attr(g, "model")),
+                str(_attr(g, "n_params")), _num(_attr(g, "target_accuracy", None)),
+                _num(_attr(g, "reached_time", None)),
+                _num(last[0]), _num(last[1], "{}"), _num(last[2], "{:.4f}"),
+                str(int(np.count_nonzero(agg_task == index))), str(len(stale)),
+                _num(float(stale.mean()) if len(stale) else None, "{:.2f}"),
+                _num(int(stale.max()) if len(stale) else None, "{}"),
+            ))
+    if len(table) == 1:
+        lines.append("no tasks")
+    else:
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        for r in table:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,255 @@
+"""MPI edge: pre-posted landing receives, buffer sends, and waiting without spinning.
+
+Only buffer (uppercase) calls on contiguous numpy arrays: no pickling on the
+hot path. Waiting ranks poll with Test*/Iprobe and sleep with a bounded
+backoff (MPICH's blocking waits busy-poll a core: MPI-NOTES.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+from mpi4py import MPI
+
+from fedast_mpi import protocol as P
+from fedast_mpi.errors import ProtocolError
+from fedast_mpi.executor import Update, WaitClock
+
+
+class Backoff:
+    """Sleep between polls: 50 µs doubling up to 2 ms, reset on progress."""
+
+    def __init__(self, first: float = 50e-6, cap: float = 2e-3):
+        self.first, self.cap, self.delay = first, cap, first
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+    def sleep(self, limit: float | None = None) -> None:
+        delay = self.delay if limit is None else max(0.0, min(self.delay, limit))
+        time.sleep(delay)
+        self.delay = min(self.cap, self.delay * 2)
+
+
+class ServerTransport:
+    """Rank 0's side: dispatch to workers, receive updates into per-task landing slots.
+
+    Each task keeps `posted` receives (ANY_SOURCE, TAG_UPDATE + task) into
+    slots of its message size; a landed slot is handed out as an Update whose
+    `delta` is a view of the slot, and comes back through `free()` once the
+    server has aggregated (or discarded) it. A worker is sent a (task, version)
+    model at most once: workers keep their newest version of each task and
+    every older version their queued requests still need (the server mirrors
+    this with `latest`).
+    """
+
+    def __init__(self, comm: MPI.Comm, n_params: list[int], arrival_order: bool,
+                 posted: int = 4):
+        self.comm = comm
+        self.arrival_order = arrival_order
+        self.n_params = n_params
+        self.workers = list(range(1, comm.size))
+        if not self.workers:
+            raise ProtocolError("ServerTransport needs at least one worker rank")
+        self.load = {w: 0 for w in self.workers}
+        self.latest: dict[tuple[int, int], int] = {}
+        self.free_slots: list[list[np.ndarray]] = [[] for _ in n_params]
+        self.reqs: list[MPI.Request] = []
+        self.meta: list[tuple[int, np.ndarray]] = []
+        for task in range(len(n_params)):
+            for _ in range(posted):
+                self._post(task)
+        self.final_buf = np.zeros(1, P.FINAL_DTYPE)
+        self.final_req = comm.Irecv([self.final_buf, MPI.BYTE], MPI.ANY_SOURCE, P.TAG_FINAL)
+        self.final_counts: dict[int, int] = {}
+        self.received = Counter()
+        self.landed: dict[int, Update] = {}
+        self.arrivals: list[Update] = []
+        self.discarded: set[int] = set()
+        self.sends: list[tuple[MPI.Request, object]] = []
+        self.wait = WaitClock()
+
+    # -- receiving ---------------------------------------------------------
+    def _slot(self, task: int) -> np.ndarray:
+        pool = self.free_slots[task]
+        return pool.pop() if pool else P.update_message(self.n_params[task])
+
+    def _post(self, task: int, index: int | None = None) -> None:
+        buf = self._slot(task)
+        req = self.comm.Irecv([buf, MPI.BYTE], MPI.ANY_SOURCE, P.TAG_UPDATE + task)
+        if index is None:
+            self.reqs.append(req)
+            self.meta.append((task, buf))
+        else:
+            self.reqs[index] = req
+            self.meta[index] = (task, buf)
+
+    def progress(self) -> bool:
+        """Complete whatever has arrived; True if anything did."""
+        done = MPI.Request.Testsome(self.reqs) or []
+        for i in done:
+            task, buf = self.meta[i]
+            self._post(task, i)
+            hdr = P.update_header(buf)[0]
+            rid, worker = int(hdr["request"]), int(hdr["worker"])
+            if int(hdr["task"]) != task:
+                raise ProtocolError(f"update of task {int(hdr['task'])} arrived on task {task}'s tag")
+            self.received[worker] += 1
+            self.load[worker] -= 1
+            if rid in self.discarded:
+                self.discarded.discard(rid)
+                self.free_slots[task].append(buf)
+                continue
+            upd = Update(rid, task, worker, float(hdr["train_loss"]), int(hdr["n_samples"]),
+                         P.update_payload(buf), buf)
+            if self.arrival_order:
+                self.arrivals.append(upd)
+            else:
+                self.landed[rid] = upd
+        got_final = False
+        if self.final_req.Test():
+            rec = self.final_buf[0]
+            self.final_counts[int(rec["worker"])] = int(rec["sent"])
+            self.final_req = self.comm.Irecv([self.final_buf, MPI.BYTE], MPI.ANY_SOURCE, P.TAG_FINAL)
+            got_final = True
+        if len(self.sends) > 64:
+            self._prune_sends()
+        return bool(done) or got_final
+
+    def _prune_sends(self) -> None:
+        self.sends = [(r, ref) for r, ref in self.sends if not r.Test()]
+
+    def free(self, upd: Update) -> None:
+        """Return an update's slot to its task's pool."""
+        self.free_slots[upd.task].append(upd.slot)
+
+    def wait_for(self, rid: int) -> Update:
+        """The update of request `rid` (virtual clock), waiting without spinning."""
+        if rid not in self.landed:
+            self.progress()
+        if rid not in self.landed:
+            backoff = Backoff()
+            with self.wait:
+                while rid not in self.landed:
+                    if self.progress():
+                        backoff.reset()
+                    else:
+                        backoff.sleep()
+        return self.landed.pop(rid)
+
+    def poll(self, timeout: float) -> list[Update]:
+        """Updates that arrived (real clock), in arrival order; waits up to `timeout` s."""
+        self.progress()
+        if not self.arrivals and timeout > 0:
+            backoff = Backoff()
+            deadline = time.perf_counter() + timeout
+            with self.wait:
+                while not self.arrivals:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    if self.progress():
+                        backoff.reset()
+                    else:
+                        backoff.sleep(left)
+        out, self.arrivals = self.arrivals, []
+        return out
+
+    # -- sending -----------------------------------------------------------
+    def _isend(self, buf: np.ndarray, dest: int, tag: int, mpi_type=MPI.BYTE) -> None:
+        self.sends.append((self.comm.Isend([buf, mpi_type], dest, tag), buf))
+
+    def submit(self, req, model: np.ndarray, release_wall: float = 0.0) -> None:
+        """Send one request (and its model version if that worker lacks it)."""
+        w = min(self.workers, key=lambda k: (self.load[k], k))
+        req.worker = w
+        self.load[w] += 1
+        if self.latest.get((w, req.task)) != req.base_version:
+            self._isend(P.ctrl(P.MODEL, task=req.task, version=req.base_version,
+                               n_params=model.size), w, P.TAG_CTRL)
+            self._isend(model, w, P.TAG_MODEL, MPI.FLOAT)
+            self.latest[(w, req.task)] = req.base_version
+        self._isend(P.ctrl(P.REQUEST, task=req.task, client=req.client, request=req.id,
+                           version=req.base_version, seed=req.seed, finish_time=req.finish_time,
+                           release_wall=release_wall), w, P.TAG_CTRL)
+
+    def discard(self, rid: int) -> None:
+        """Drop the update of a cancelled request (virtual clock) when (if) it lands."""
+        upd = self.landed.pop(rid, None)
+        if upd is None:
+            self.discarded.add(rid)
+        else:
+            self.free(upd)
+
+    def cancel_task(self, task: int) -> None:
+        """Tell every worker to drop the queued requests and models of a finished task."""
+        for w in self.workers:
+            self._isend(P.ctrl(P.CANCEL_TASK, task=task), w, P.TAG_CTRL)
+            self.latest.pop((w, task), None)
+
+    def shutdown(self, timeout: float = 120.0) -> None:
+        """Stop every worker and drain its in-flight updates, then cancel our receives."""
+        for w in self.workers:
+            self._isend(P.ctrl(P.STOP), w, P.TAG_CTRL)
+        backoff = Backoff()
+        deadline = time.monotonic() + timeout
+        while any(self.final_counts.get(w) != self.received[w] for w in self.workers):
+            if time.monotonic() > deadline:
+                raise ProtocolError("workers did not drain their updates within "
+                                    f"{timeout:.0f} s at shutdown")
+            if self.progress():
+                backoff.reset()
+            else:
+                backoff.sleep()
+        for r in self.reqs + [self.final_req]:
+            r.Cancel()
+        MPI.Request.Waitall(self.reqs + [self.final_req])
+        MPI.Request.Waitall([r for r, _ in self.sends])
+        self.sends = []
+
+
+class WorkerTransport:
+    """A worker's side: a pre-posted control receive, model receives, update sends."""
+
+    def __init__(self, comm: MPI.Comm):
+        self.comm = comm
+        self.ctrl_buf = np.zeros(1, P.CTRL_DTYPE)
+        self.ctrl_req = comm.Irecv([self.ctrl_buf, MPI.BYTE], 0, P.TAG_CTRL)
+        self.sends: list[tuple[MPI.Request, np.ndarray]] = []
+        self.sent = 0
+
+    def poll_ctrl(self):
+        """The next control header from the server, or None."""
+        if not self.ctrl_req.Test():
+            return None
+        msg = self.ctrl_buf[0].copy()
+        self.ctrl_req = self.comm.Irecv([self.ctrl_buf, MPI.BYTE], 0, P.TAG_CTRL)
+        return msg
+
+    def recv_model(self, n_params: int) -> np.ndarray:
+        """The model vector that follows a MODEL header (sent right after it)."""
+        arr = np.empty(n_params, np.float32)
+        req = self.comm.Irecv([arr, MPI.FLOAT], 0, P.TAG_MODEL)
+        backoff = Backoff()
+        while not req.Test():
+            backoff.sleep()
+        return arr
+
+    def send_update(self, buf: np.ndarray, task: int) -> None:
+        self.sends.append((self.comm.Isend([buf, MPI.BYTE], 0, P.TAG_UPDATE + task), buf))
+        self.sent += 1
+        if len(self.sends) > 16:
+            self.sends = [(r, b) for r, b in self.sends if not r.Test()]
+
+    def finish(self, worker: int) -> None:
+        """Report our count of sent updates and wait (politely) until the server took them."""
+        self.ctrl_req.Cancel()
+        self.ctrl_req.Wait()
+        final = np.zeros(1, P.FINAL_DTYPE)
+        final["worker"], final["sent"] = worker, self.sent
+        reqs = [r for r, _ in self.sends] + [self.comm.Isend([final, MPI.BYTE], 0, P.TAG_FINAL)]
+        backoff = Backoff()
+        while not MPI.Request.Testall(reqs):
+            backoff.sleep()

@@ -1,0 +1,126 @@
+"""Ranks >= 1: run the server's requests, earliest finish time first, and send the updates."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import Counter
+
+import numpy as np
+
+from fedast_mpi import protocol as P
+from fedast_mpi.errors import ProtocolError
+from fedast_mpi.transport import Backoff, WorkerTransport
+
+
+class Worker:
+    """A stateless executor of requests: models by (task, version), a queue, held updates.
+
+    Keeps the newest version of each task it was sent plus any older version
+    a queued request still needs (the server mirrors this rule, so it never
+    sends the same (task, version) twice). Real clock: a finished update is
+    held until its release wall time.
+    """
+
+    def __init__(self, comm, runner, real_clock: bool):
+        self.rank = comm.rank
+        self.runner = runner
+        self.real = real_clock
+        self.transport = WorkerTransport(comm)
+        self.models: dict[int, dict[int, np.ndarray]] = {}
+        self.newest: dict[int, int] = {}
+        self.needed: Counter = Counter()
+        self.queue: list[tuple[float, int, np.void]] = []
+        self.held: list[tuple[float, int, int, np.ndarray]] = []
+        self.stopping = False
+        self.trained = 0
+
+    def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            got = self.drain()
+            if self.stopping:
+                break
+            sent = self.send_due()
+            if self.queue:
+                self.train_next()
+                backoff.reset()
+            elif got or sent:
+                backoff.reset()
+            else:
+                limit = self.held[0][0] - time.time() if self.held else None
+                backoff.sleep(limit)
+        self.transport.finish(self.rank)
+
+    def drain(self) -> bool:
+        """Handle every control message that has arrived."""
+        got = False
+        while (msg := self.transport.poll_ctrl()) is not None:
+            got = True
+            kind, task = int(msg["kind"]), int(msg["task"])
+            if kind == P.REQUEST:
+                version = int(msg["version"])
+                if version not in self.models.get(task, {}):
+                    raise ProtocolError(f"worker {self.rank}: request {int(msg['request'])} needs "
+                                        f"task {task} version {version}, which it was never sent")
+                heapq.heappush(self.queue, (float(msg["finish_time"]), int(msg["request"]), msg))
+                self.needed[(task, version)] += 1
+            elif kind == P.MODEL:
+                version = int(msg["version"])
+                self.models.setdefault(task, {})[version] = self.transport.recv_model(
+                    int(msg["n_params"]))
+                self.newest[task] = version
+                self.evict(task)
+            elif kind == P.CANCEL_TASK:
+                self.queue = [q for q in self.queue if int(q[2]["task"]) != task]
+                heapq.heapify(self.queue)
+                self.held = [h for h in self.held if h[2] != task]
+                heapq.heapify(self.held)
+                self.models.pop(task, None)
+                self.newest.pop(task, None)
+                for key in [k for k in self.needed if k[0] == task]:
+                    del self.needed[key]
+            elif kind == P.STOP:
+                self.stopping = True
+                return got
+            else:
+                raise ProtocolError(f"worker {self.rank}: unknown control kind {kind}")
+        return got
+
+    def evict(self, task: int) -> None:
+        versions = self.models.get(task, {})
+        for v in [v for v in versions if v != self.newest[task] and not self.needed[(task, v)]]:
+            del versions[v]
+
+    def train_next(self) -> None:
+        _, rid, msg = heapq.heappop(self.queue)
+        task, version = int(msg["task"]), int(msg["version"])
+        start = time.perf_counter()
+        delta, loss, n = self.runner.train(task, int(msg["client"]), self.models[task][version],
+                                           int(msg["seed"]))
+        buf = P.update_message(delta.size)
+        hdr = P.update_header(buf)
+        hdr["request"], hdr["task"], hdr["worker"] = rid, task, self.rank
+        hdr["train_loss"], hdr["n_samples"] = loss, n
+        hdr["compute"], hdr["pad"] = time.perf_counter() - start, 0
+        P.update_payload(buf)[:] = delta
+        self.trained += 1
+        self.needed[(task, version)] -= 1
+        if not self.needed[(task, version)]:
+            del self.needed[(task, version)]
+            self.evict(task)
+        release = float(msg["release_wall"])
+        if self.real and release > time.time():
+            heapq.heappush(self.held, (release, rid, task, buf))
+        else:
+            self.transport.send_update(buf, task)
+
+    def send_due(self) -> bool:
+        """Real clock: send the held updates whose release time has come."""
+        sent = False
+        now = time.time()
+        while self.held and self.held[0][0] <= now:
+            _, _, task, buf = heapq.heappop(self.held)
+            self.transport.send_update(buf, task)
+            sent = True
+        return sent

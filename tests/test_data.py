@@ -1,0 +1,133 @@
+"""Tests of the datasets, the partitions and the determinism of load_task_data."""
+
+import types
+
+import numpy as np
+import pytest
+
+from fedast_mpi.data import load_task_data
+from fedast_mpi.data.partition import dirichlet_partition, iid_partition
+from fedast_mpi.errors import ConfigError
+
+SYN = {"alpha": 1.0, "beta": 1.0, "dim": 60, "classes": 10, "test_per_client": 20}
+
+
+def task(dataset="digits", args=None, kind="iid", alpha=None, spc=None, name="t0"):
+    """A duck-typed task config as the config module will provide."""
+    if args is None:
+        args = {"test_fraction": 0.2} if dataset == "digits" else dict(SYN)
+    return types.SimpleNamespace(name=name, dataset=dataset, dataset_args=args, data_dir=None,
+                                 partition=types.SimpleNamespace(kind=kind, alpha=alpha, samples_per_client=spc))
+
+
+def same(a, b):
+    """Bitwise equality of two TaskData."""
+    return (a.train_x.equal(b.train_x) and a.train_y.equal(b.train_y) and a.test_x.equal(b.test_x)
+            and a.test_y.equal(b.test_y) and len(a.shards) == len(b.shards)
+            and all(np.array_equal(s, t) for s, t in zip(a.shards, b.shards)))
+
+
+def test_digits_shapes_and_split():
+    d = load_task_data(task(), 10, 0)
+    assert d.train_x.shape == (1438, 1, 8, 8) and d.test_x.shape == (359, 1, 8, 8)
+    assert d.input_shape == (1, 8, 8) and d.n_classes == 10
+    assert str(d.train_x.dtype) == "torch.float32" and str(d.train_y.dtype) == "torch.int64"
+    assert 0.0 <= d.train_x.min() and d.train_x.max() <= 1.0 and d.train_x.max() == 1.0
+    assert set(d.train_y.tolist()) == set(range(10)) and set(d.test_y.tolist()) == set(range(10))
+    # the split does not depend on the run seed; train and test are disjoint
+    e = load_task_data(task(), 10, 99)
+    assert d.train_x.equal(e.train_x) and d.test_y.equal(e.test_y)
+    tr = {r.tobytes() for r in d.train_x.numpy()}
+    assert not any(r.tobytes() in tr for r in d.test_x.numpy()[:50])
+    f = load_task_data(task(args={"test_fraction": 0.5}), 10, 0)
+    assert len(f.test_y) == 898 or len(f.test_y) == 899
+
+
+def test_unsupported_partition_and_dataset():
+    with pytest.raises(ConfigError):
+        load_task_data(task(kind="natural"), 10, 0)
+    with pytest.raises(ConfigError):
+        load_task_data(task(dataset="mnist", args={}), 10, 0)
+
+
+@pytest.mark.parametrize("kind,alpha", [("iid", None), ("dirichlet", 0.3)])
+def test_digits_partition_sizes_and_determinism(kind, alpha):
+    d = load_task_data(task(kind=kind, alpha=alpha, spc=37), 25, 7)
+    assert len(d.shards) == 25 and all(len(s) == 37 and s.dtype == np.int64 for s in d.shards)
+    assert all(s.min() >= 0 and s.max() < len(d.train_y) for s in d.shards)
+    assert same(d, load_task_data(task(kind=kind, alpha=alpha, spc=37), 25, 7))
+    assert not same(d, load_task_data(task(kind=kind, alpha=alpha, spc=37), 25, 8))
+
+
+def test_identical_tasks_with_other_names_share_shards():
+    a = load_task_data(task(kind="dirichlet", alpha=0.1, spc=30, name="first"), 20, 3)
+    b = load_task_data(task(kind="dirichlet", alpha=0.1, spc=30, name="second"), 20, 3)
+    assert same(a, b)
+    c = load_task_data(task(kind="dirichlet", alpha=0.2, spc=30, name="first"), 20, 3)
+    assert not same(a, c)
+    # 1 and 1.0 are the same config value
+    s1 = load_task_data(task("synthetic", dict(SYN, alpha=1), kind="iid", name="x"), 5, 0)
+    s2 = load_task_data(task("synthetic", dict(SYN, alpha=1.0), kind="iid", name="y"), 5, 0)
+    assert same(s1, s2)
+
+
+def test_synthetic_shapes_and_determinism():
+    d = load_task_data(task("synthetic", kind="natural"), 12, 4)
+    assert d.train_x.shape == (12 * 50, 60) and d.test_x.shape == (12 * 20, 60)
+    assert d.input_shape == (60,) and d.n_classes == 10
+    assert [s.tolist() for s in d.shards] == [list(range(50 * k, 50 * k + 50)) for k in range(12)]
+    assert same(d, load_task_data(task("synthetic", kind="natural"), 12, 4))
+    assert not same(d, load_task_data(task("synthetic", kind="natural"), 12, 5))
+    e = load_task_data(task("synthetic", dict(SYN, dim=5, classes=3, test_per_client=2), "dirichlet", 0.5, 8), 4, 0)
+    assert e.train_x.shape == (32, 5) and e.test_x.shape == (8, 5) and e.n_classes == 3
+    assert all(len(s) == 8 for s in e.shards)
+    assert e.train_y.max() < 3
+
+
+def test_synthetic_heterogeneity():
+    def stats(a):
+        d = load_task_data(task("synthetic", dict(SYN, alpha=a, beta=a), "natural"), 100, 0)
+        x = d.train_x.numpy().reshape(100, 50, 60)
+        y = d.train_y.numpy().reshape(100, 50)
+        return x.mean(axis=1).std(axis=0).mean(), np.mean([len(np.unique(r)) for r in y])
+    spread0, distinct0 = stats(0.0)
+    spread2, distinct2 = stats(2.0)
+    assert spread2 > 1.5 * spread0  # client feature means differ more
+    assert distinct2 < distinct0 - 0.3  # labels more concentrated per client
+
+
+def test_iid_partition_sizes_and_cover():
+    rng = np.random.default_rng(0)
+    p = iid_partition(103, 10, None, rng)
+    assert sorted(len(s) for s in p) == [10] * 7 + [11] * 3
+    assert sorted(np.concatenate(p).tolist()) == list(range(103))
+    p = iid_partition(3, 7, None, rng)
+    assert [len(s) for s in p] == [1] * 7
+    assert set(np.concatenate(p).tolist()) == {0, 1, 2}
+    p = iid_partition(100, 30, 7, rng)
+    assert [len(s) for s in p] == [7] * 30
+    allp = np.concatenate(p)
+    assert sorted(allp[:100].tolist()) == list(range(100))  # the stream is a permutation first
+    assert set(allp.tolist()) == set(range(100))
+    assert iid_partition(50, 4, 5, np.random.default_rng(1))[2].tolist() == \
+        iid_partition(50, 4, 5, np.random.default_rng(1))[2].tolist()
+
+
+def test_dirichlet_sizes_and_skew():
+    labels = np.random.default_rng(0).integers(0, 10, size=2000)
+
+    def distinct(alpha):
+        shards = dirichlet_partition(labels, 200, alpha, 40, np.random.default_rng(1))
+        assert [len(s) for s in shards] == [40] * 200
+        return np.mean([len(np.unique(labels[s])) for s in shards])
+    low, high = distinct(0.05), distinct(100.0)
+    assert low < 3.5 and high > 9.0
+    p = dirichlet_partition(labels, 7, 1.0, None, np.random.default_rng(2))
+    assert [len(s) for s in p] == [2000 // 7] * 7
+    # more demand than supply of a class: pools are refilled, shard sizes stay exact
+    few = np.array([0] * 3 + [1] * 50)
+    p = dirichlet_partition(few, 10, 0.05, 20, np.random.default_rng(3))
+    assert all(len(s) == 20 for s in p)
+    assert sum((few[s] == 0).sum() for s in p) > 3
+    with pytest.raises(ConfigError):
+        dirichlet_partition(few, 10, 0.0, 20, np.random.default_rng(3))
