@@ -60,14 +60,35 @@ def collective_phase(comm, fn):
     return None, failures[0][0]
 
 
-def abort(comm, exc: BaseException) -> None:
-    """Print this rank's error once (labelled with rank and host) and abort the whole job."""
-    code = exc.exit_code if isinstance(exc, FedastError) else 1
-    where = f"rank {comm.rank} on {socket.gethostname()}"
+def describe(comm, exc: BaseException) -> str:
+    """One line naming the failing rank and host (a worker's report already does)."""
+    from fedast_mpi.transport import WorkerFailed
+    if isinstance(exc, WorkerFailed):
+        return str(exc)
     text = str(exc) if isinstance(exc, FedastError) else f"{type(exc).__name__}: {exc}"
-    print(error_line(f"{where}: {text}"), file=sys.stderr, flush=True)
+    return f"rank {comm.rank} on {socket.gethostname()}: {text}"
+
+
+def abort(comm, exc: BaseException, log=None) -> None:
+    """End the whole job after an error on this rank, printing it once.
+
+    A worker reports to rank 0, which marks the run file `failed`, prints the
+    line and aborts; if rank 0 does not do so within a grace period the worker
+    prints and aborts by itself.
+    """
+    code = exc.exit_code if isinstance(exc, FedastError) else 1
+    line = describe(comm, exc)
     if os.environ.get("FEDAST_DEBUG"):
         traceback.print_exc()
+    if comm.rank != 0:
+        from fedast_mpi.transport import report_failure
+        report_failure(comm, line)
+    elif log is not None:
+        try:
+            log.close("failed", line)
+        except Exception:  # noqa: BLE001 - the abort matters more than the status
+            pass
+    print(error_line(line), file=sys.stderr, flush=True)
     comm.Abort(code)
 
 
@@ -106,12 +127,7 @@ def run_job(cfg, out_dir: Path, comm) -> int:
         Worker(comm, runner, real).run()
         return 0
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
-        if log is not None:
-            try:
-                log.close("failed", str(exc))
-            except Exception:  # noqa: BLE001
-                pass
-        abort(comm, exc)
+        abort(comm, exc, log)
         return 1
 
 

@@ -8,7 +8,9 @@ requests that need it.
 Worker -> server: one message per update on TAG_UPDATE + task: UPDATE_HEADER
 bytes followed by the flat float32 delta, received straight into a landing
 slot of that task's pool (the FedAST buffer holds the slot: no copy). A worker
-that stops sends FINAL (its count of updates sent) so the server can drain.
+that stops sends FINAL (its count of updates sent) so the server can drain;
+a worker that fails sends its error line on TAG_ERROR so that rank 0 can mark
+the run file `failed` before it aborts the job.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 TAG_CTRL = 1
 TAG_MODEL = 2
 TAG_FINAL = 3
+TAG_ERROR = 4
+ERROR_BYTES = 1024  # a failing worker's one-line message, utf-8, zero padded
 TAG_UPDATE = 100  # + task index
 
 # Control kinds (server -> worker).

@@ -14,8 +14,24 @@ import numpy as np
 from mpi4py import MPI
 
 from fedast_mpi import protocol as P
-from fedast_mpi.errors import ProtocolError
+from fedast_mpi.errors import FedastError, ProtocolError
 from fedast_mpi.executor import Update, WaitClock
+
+
+class WorkerFailed(FedastError):
+    """A worker reported an error; the message already names its rank and host."""
+
+
+def report_failure(comm: MPI.Comm, line: str, grace: float = 10.0) -> None:
+    """Worker side: send our error line to rank 0 and give it `grace` s to abort the job."""
+    buf = np.zeros(P.ERROR_BYTES, np.uint8)
+    raw = line.encode("utf-8")[: P.ERROR_BYTES - 1]
+    buf[: len(raw)] = np.frombuffer(raw, np.uint8)
+    req = comm.Isend([buf, MPI.BYTE], 0, P.TAG_ERROR)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        req.Test()
+        time.sleep(0.01)
 
 
 class Backoff:
@@ -64,11 +80,14 @@ class ServerTransport:
         self.final_buf = np.zeros(1, P.FINAL_DTYPE)
         self.final_req = comm.Irecv([self.final_buf, MPI.BYTE], MPI.ANY_SOURCE, P.TAG_FINAL)
         self.final_counts: dict[int, int] = {}
+        self.error_buf = np.zeros(P.ERROR_BYTES, np.uint8)
+        self.error_req = comm.Irecv([self.error_buf, MPI.BYTE], MPI.ANY_SOURCE, P.TAG_ERROR)
         self.received = Counter()
         self.landed: dict[int, Update] = {}
         self.arrivals: list[Update] = []
         self.discarded: set[int] = set()
         self.sends: list[tuple[MPI.Request, object]] = []
+        self.models_sent: Counter = Counter()  # (worker, task, version) -> times sent (always 1)
         self.wait = WaitClock()
 
     # -- receiving ---------------------------------------------------------
@@ -116,6 +135,8 @@ class ServerTransport:
             got_final = True
         if len(self.sends) > 64:
             self._prune_sends()
+        if self.error_req.Test():
+            raise WorkerFailed(bytes(self.error_buf).rstrip(b"\0").decode("utf-8", "replace"))
         return bool(done) or got_final
 
     def _prune_sends(self) -> None:
@@ -171,6 +192,7 @@ class ServerTransport:
                                n_params=model.size), w, P.TAG_CTRL)
             self._isend(model, w, P.TAG_MODEL, MPI.FLOAT)
             self.latest[(w, req.task)] = req.base_version
+            self.models_sent[(w, req.task, req.base_version)] += 1
         self._isend(P.ctrl(P.REQUEST, task=req.task, client=req.client, request=req.id,
                            version=req.base_version, seed=req.seed, finish_time=req.finish_time,
                            release_wall=release_wall), w, P.TAG_CTRL)
@@ -203,9 +225,9 @@ class ServerTransport:
                 backoff.reset()
             else:
                 backoff.sleep()
-        for r in self.reqs + [self.final_req]:
+        for r in self.reqs + [self.final_req, self.error_req]:
             r.Cancel()
-        MPI.Request.Waitall(self.reqs + [self.final_req])
+        MPI.Request.Waitall(self.reqs + [self.final_req, self.error_req])
         MPI.Request.Waitall([r for r, _ in self.sends])
         self.sends = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import os
 import time
 from collections import Counter
 
@@ -34,6 +35,7 @@ class Worker:
         self.held: list[tuple[float, int, int, np.ndarray]] = []
         self.stopping = False
         self.trained = 0
+        self.fail_after = injected_fault(self.rank)
 
     def run(self) -> None:
         backoff = Backoff()
@@ -93,6 +95,8 @@ class Worker:
             del versions[v]
 
     def train_next(self) -> None:
+        if self.fail_after is not None and self.trained >= self.fail_after:
+            raise RuntimeError(f"injected fault after {self.trained} requests (FEDAST_INJECT_FAULT)")
         _, rid, msg = heapq.heappop(self.queue)
         task, version = int(msg["task"]), int(msg["version"])
         start = time.perf_counter()
@@ -124,3 +128,12 @@ class Worker:
             self.transport.send_update(buf, task)
             sent = True
         return sent
+
+
+def injected_fault(rank: int) -> int | None:
+    """Test hook: FEDAST_INJECT_FAULT="RANK:N" makes worker RANK raise after N requests."""
+    spec = os.environ.get("FEDAST_INJECT_FAULT")
+    if not spec:
+        return None
+    target, after = spec.split(":")
+    return int(after) if int(target) == rank else None
