@@ -1,0 +1,134 @@
+"""The wire under MPI (run with `mpiexec -n K python -m pytest --with-mpi`, K >= 2).
+
+Rank 0 drives a ServerTransport, every other rank runs the real Worker loop
+with a stand-in runner whose deltas say which model and request they came from.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from fedast_mpi.server import Request
+from fedast_mpi.transport import ServerTransport
+from fedast_mpi.worker import Worker
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+N_PARAMS = [3, 70_000]  # the second is past MPICH's eager limit (rendezvous protocol)
+
+
+class EchoRunner:
+    """delta = model + (seed mod 1000); loss = client; n_samples = task + 1."""
+
+    def __init__(self, sleep: float = 0.0):
+        self.sleep = sleep
+
+    def train(self, task, client, model, seed):
+        if self.sleep:
+            time.sleep(self.sleep)
+        return model + np.float32(seed % 1000), float(client), task + 1
+
+
+def model(task, version):
+    return np.full(N_PARAMS[task], 10.0 * task + version, np.float32)
+
+
+def with_workers(server_fn, runner=None, real=False, arrival_order=False):
+    comm = MPI.COMM_WORLD.Dup()
+    try:
+        if comm.rank == 0:
+            st = ServerTransport(comm, N_PARAMS, arrival_order=arrival_order)
+            try:
+                server_fn(st)
+            finally:
+                st.shutdown(timeout=60)
+        else:
+            Worker(comm, runner or EchoRunner(), real_clock=real).run()
+    finally:
+        comm.Free()
+
+
+def test_updates_land_in_their_task_and_models_travel_once():
+    def server(st):
+        reqs = []
+        for version in range(3):
+            for task in (0, 1):
+                for k in range(4):
+                    rid = len(reqs)
+                    req = Request(rid, task, client=k, base_version=version, dispatch_time=0.0,
+                                  finish_time=float(rid), seed=rid)
+                    st.submit(req, model(task, version))
+                    reqs.append(req)
+        for req in reversed(reqs):  # ask in any order: each lands in its own slot
+            upd = st.wait_for(req.id)
+            assert upd.task == req.task and upd.worker == req.worker
+            assert upd.n_samples == req.task + 1 and upd.train_loss == req.client
+            assert upd.delta.size == N_PARAMS[req.task]
+            assert np.all(upd.delta == model(req.task, req.base_version) + np.float32(req.seed))
+            st.free(upd)
+        assert st.models_sent and set(st.models_sent.values()) == {1}
+        workers = {r.worker for r in reqs}
+        assert workers == set(range(1, st.comm.size))  # load spread over every worker
+        assert not st.landed
+
+    with_workers(server)
+
+
+def test_cancelled_task_is_dropped_and_drained():
+    def server(st):
+        doomed = []
+        for rid in range(6):
+            req = Request(rid, 1, client=rid, base_version=0, dispatch_time=0.0,
+                          finish_time=float(rid), seed=rid)
+            st.submit(req, model(1, 0))
+            doomed.append(rid)
+        st.cancel_task(1)
+        for rid in doomed:
+            st.discard(rid)
+        keep = Request(100, 0, client=0, base_version=0, dispatch_time=0.0, finish_time=0.0, seed=7)
+        st.submit(keep, model(0, 0))
+        upd = st.wait_for(100)
+        assert np.all(upd.delta == model(0, 0) + 7)
+        st.free(upd)
+        for rid in doomed:
+            assert rid not in st.landed
+
+    with_workers(server)
+
+
+def test_real_clock_holds_updates_until_release():
+    def server(st):
+        now = time.time()
+        releases = {}
+        for rid in range(4):
+            req = Request(rid, 0, client=rid, base_version=0, dispatch_time=0.0,
+                          finish_time=0.0, seed=rid)
+            releases[rid] = now + 0.3 * (rid + 1)
+            st.submit(req, model(0, 0), releases[rid])
+        got = []
+        while len(got) < 4:
+            for upd in st.poll(0.05):
+                got.append((time.time(), upd.request))
+                st.free(upd)
+        for arrived, rid in got:
+            assert arrived >= releases[rid] - 1e-3
+        assert [rid for _, rid in got] == sorted(rid for _, rid in got)
+
+    with_workers(server, real=True, arrival_order=True)
+
+
+def test_server_does_not_spin_while_waiting():
+    def server(st):
+        req = Request(0, 0, client=0, base_version=0, dispatch_time=0.0, finish_time=0.0, seed=1)
+        st.submit(req, model(0, 0))
+        wall, cpu = time.perf_counter(), time.process_time()
+        st.free(st.wait_for(0))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        assert wall > 0.5
+        assert cpu / wall < 0.25, f"server used {100 * cpu / wall:.0f}% of a core while waiting"
+
+    with_workers(server, runner=EchoRunner(sleep=0.8))
