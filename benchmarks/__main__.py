@@ -362,12 +362,12 @@ def table(figs: dict, reps: int, workload_desc: dict) -> str:
     if "throughput" in figs:
         f = figs["throughput"]
         ceil = f["ceiling_on_this_machine"]
+        ceil_txt = f"ceiling here ≈ {ceil:.2f} ({f['cores']} cores)" if ceil else "ceiling n/a"
         rows.append(f"| throughput, heavy CNN | requests/s, 2 workers (`-n 3`) vs 1 (`-n 2`) "
                     f"| {fmt(f['requests_per_second_2_workers'], digits=1)} "
                     f"| {fmt(f['requests_per_second_1_worker'], digits=1)} "
                     f"| {fmt_ratio(f['speedup'])} | ≥ {f['target']:.2f} on 3 free cores; "
-                    f"ceiling here ≈ {ceil:.2f} ({f['cores']} cores) |" if ceil else
-                    f"| throughput, heavy CNN | requests/s, 2 workers vs 1 | n/a | n/a | n/a | — |")
+                    f"{ceil_txt} |")
     if "server_cpu" in figs:
         f = figs["server_cpu"]
         rows.append(f"| server_cpu | rank 0 CPU while waiting, % of a core: backoff polling vs "
@@ -439,7 +439,7 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - t_start
     record = {
         "machine": machine,
-        "invocation": {"argv": sys.argv, "names": names, "reps": reps, "quick": args.quick,
+        "invocation": {"command": " ".join(["python -m benchmarks", *sys.argv[1:]]), "names": names, "reps": reps, "quick": args.quick,
                        "elapsed_seconds": elapsed},
         "workloads": {"descriptions": desc, "configs": configs},
         "benchmarks": {

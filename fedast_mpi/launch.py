@@ -110,9 +110,11 @@ def run_job(cfg, out_dir: Path, comm) -> int:
         runner = TaskRunner(cfg, select_device(cfg.run.device, comm))
         log = None
         if comm.rank == 0:
-            log = RunLog(run_file, config_yaml=to_yaml(cfg), algorithm=cfg.algorithm.name,
+            text = to_yaml(cfg)
+            log = RunLog(run_file, config_yaml=text, algorithm=cfg.algorithm.name,
                          clock=cfg.run.clock, seed=cfg.run.seed, world_size=comm.size,
                          package_version=__version__)
+            (out_dir / "config.yaml").write_text(text)  # after RunLog refused no existing run
         return runner, log
 
     state, code = collective_phase(comm, setup)
