@@ -377,6 +377,9 @@ def table(figs: dict, reps: int, workload_desc: dict) -> str:
                     f"| {fmt_ratio(f['ratio'], 3)} | < 10 % |")
         rows.append(f"| server_cpu | rank 0 loop CPU / wall, heavy 1-worker run (info) "
                     f"| {fmt(f['server_loop_cpu_fraction'], 100, 1, ' %')} | — | — | — |")
+        rows.append(f"| server_cpu | rank 0 process CPU (`server_cpu_seconds`, incl. start-up) / "
+                    f"`wall_seconds`, heavy 1-worker run (info) "
+                    f"| {fmt(f['server_process_cpu_over_wall'], 100, 1, ' %')} | — | — | — |")
     lines = rows + ["", f"Medians of {reps} repetitions (min–max); ratio = median / median "
                         f"(min–max of per-repetition ratios). Workloads: "
                     + "; ".join(f"**{k}**: {v}" for k, v in workload_desc.items()) + "."]

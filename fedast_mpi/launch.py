@@ -145,8 +145,7 @@ def serve(cfg, runner, log, comm, wall0: float, run_file: str) -> int:
         from fedast_mpi.transport import ServerTransport
         executor = ServerTransport(comm, runner.n_params, arrival_order=cfg.run.clock == "real")
     progress = Progress(cfg.run.log_every)
-    server = Server(cfg, runner, executor, log, progress, comm.size)
-    server.wall0 = wall0
+    server = Server(cfg, runner, executor, log, progress, wall0)
     status, reason = server.run()
     executor.shutdown()
     server.finish()

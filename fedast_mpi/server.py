@@ -19,7 +19,7 @@ import numpy as np
 
 from fedast_mpi import seeding
 from fedast_mpi.aggregation import replacement_count, server_step, split_budget
-from fedast_mpi.clients import ClientPool
+from fedast_mpi.clients import ClientPool, DelayModel, assign_tiers
 from fedast_mpi.errors import FedastError
 
 NAN = float("nan")
@@ -88,7 +88,7 @@ class TaskState:
 class Server:
     """The FedAST server over an executor (in-process or MPI workers)."""
 
-    def __init__(self, cfg, runner, executor, runlog, progress, world_size: int):
+    def __init__(self, cfg, runner, executor, runlog, progress, wall0: float | None = None):
         self.cfg = cfg
         self.runner = runner
         self.executor = executor
@@ -96,7 +96,6 @@ class Server:
         self.progress = progress
         self.real = cfg.run.clock == "real"
         self.seed = cfg.run.seed
-        from fedast_mpi.clients import DelayModel, assign_tiers
         tier, mult = assign_tiers(cfg.clients.count, cfg.clients.tiers, self.seed)
         delays = [DelayModel(t.delay.shift, t.delay.exp_mean, t.delay.local_multi) for t in cfg.tasks]
         self.clients = ClientPool(tier, mult, delays, self.seed, cfg.clients.available)
@@ -109,8 +108,7 @@ class Server:
         self.now = 0.0
         self.n_processed = 0
         self.n_dropped = 0
-        self.wall0 = time.time()
-        self.world_size = world_size
+        self.wall0 = time.time() if wall0 is None else wall0
         self.outstanding_real: dict[int, Request] = {}
         runlog.write_clients(tier, mult, runner.n_samples())
         for t in self.tasks:

@@ -65,7 +65,7 @@ def test_default_loads_and_resolves():
     assert cfg.algorithm.total_requests == 60
     assert [t.requests for t in cfg.tasks] == [20, 20, 20]
     assert [t.buffer_size for t in cfg.tasks] == [5, 5, 5]
-    assert cfg.run.max_time == 3000.0 and cfg.run.time_scale == 0.002
+    assert cfg.run.max_time == 3000.0 and cfg.run.time_scale == 0.05
     assert cfg.clients.available is None
     syn = cfg.tasks[cfg.task_index("synthetic")]
     # dataset and model args are merged over the catalog defaults
