@@ -51,6 +51,7 @@ class InProcessExecutor:
         self.pending: dict[int, tuple] = {}
         self.due: list[tuple[float, int]] = []
         self.wait = WaitClock()
+        self.compute_seconds = 0.0
 
     def submit(self, req, model: np.ndarray, release_wall: float = 0.0) -> None:
         req.worker = 0
@@ -59,7 +60,9 @@ class InProcessExecutor:
 
     def _run(self, rid: int) -> Update:
         req, model = self.pending.pop(rid)
+        start = time.perf_counter()
         delta, loss, n = self.runner.train(req.task, req.client, model, req.seed)
+        self.compute_seconds += time.perf_counter() - start
         return Update(req.id, req.task, 0, loss, n, delta)
 
     def wait_for(self, rid: int) -> Update:

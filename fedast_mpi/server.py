@@ -109,6 +109,7 @@ class Server:
         self.n_processed = 0
         self.n_dropped = 0
         self.wall0 = time.time() if wall0 is None else wall0
+        self.cpu0 = time.process_time()
         self.outstanding_real: dict[int, Request] = {}
         runlog.write_clients(tier, mult, runner.n_samples())
         for t in self.tasks:
@@ -316,4 +317,5 @@ class Server:
                            requests_dropped=self.n_dropped, final_time=self.now,
                            wall_seconds=self.wall(), server_wait_seconds=wait.wall,
                            server_wait_cpu_seconds=wait.cpu,
-                           server_cpu_seconds=time.process_time())
+                           server_cpu_seconds=time.process_time() - self.cpu0,
+                           compute_seconds=self.executor.compute_seconds)

@@ -83,6 +83,7 @@ class ServerTransport:
         self.error_buf = np.zeros(P.ERROR_BYTES, np.uint8)
         self.error_req = comm.Irecv([self.error_buf, MPI.BYTE], MPI.ANY_SOURCE, P.TAG_ERROR)
         self.received = Counter()
+        self.compute_seconds = 0.0  # workers' training time of the updates received
         self.landed: dict[int, Update] = {}
         self.arrivals: list[Update] = []
         self.discarded: set[int] = set()
@@ -117,6 +118,7 @@ class ServerTransport:
                 raise ProtocolError(f"update of task {int(hdr['task'])} arrived on task {task}'s tag")
             self.received[worker] += 1
             self.load[worker] -= 1
+            self.compute_seconds += float(hdr["compute"])
             if rid in self.discarded:
                 self.discarded.discard(rid)
                 self.free_slots[task].append(buf)
