@@ -105,22 +105,26 @@ def run_job(cfg, out_dir: Path, comm) -> int:
     real = cfg.run.clock == "real"
     run_file = out_dir / RUN_FILE
 
-    def setup():
+    def build_runner():
         configure_threads()
-        runner = TaskRunner(cfg, select_device(cfg.run.device, comm))
-        log = None
-        if comm.rank == 0:
-            text = to_yaml(cfg)
-            log = RunLog(run_file, config_yaml=text, algorithm=cfg.algorithm.name,
-                         clock=cfg.run.clock, seed=cfg.run.seed, world_size=comm.size,
-                         package_version=__version__)
-            (out_dir / "config.yaml").write_text(text)  # after RunLog refused no existing run
-        return runner, log
+        return TaskRunner(cfg, select_device(cfg.run.device, comm))
 
-    state, code = collective_phase(comm, setup)
+    def open_run_file():  # only once every rank has its data: a failed set-up leaves no file
+        if comm.rank != 0:
+            return None
+        text = to_yaml(cfg)
+        log = RunLog(run_file, config_yaml=text, algorithm=cfg.algorithm.name,
+                     clock=cfg.run.clock, seed=cfg.run.seed, world_size=comm.size,
+                     package_version=__version__)
+        (out_dir / "config.yaml").write_text(text)  # after RunLog refused any existing run
+        return log
+
+    runner, code = collective_phase(comm, build_runner)
     if code:
         return code
-    runner, log = state
+    log, code = collective_phase(comm, open_run_file)
+    if code:
+        return code
     wall0 = comm.bcast(time.time(), root=0)
     try:
         if comm.rank == 0:

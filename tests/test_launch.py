@@ -91,6 +91,7 @@ def test_bad_config_exits_2_with_one_line(tmp_path):
     (["--set", "tasks.nosuch.buffer_size=2"], "tasks.nosuch"),
     (["--set", "run.sede=2"], "run.sede"),
     (["missing.yaml"], "missing.yaml"),
+    (["--set", "run.device=cuda"], "run.device"),  # found during the collective set-up
 ])
 def test_bad_overrides_exit_2(tmp_path, args, needle):
     res = launch(2, "run", *args, "--out", str(tmp_path / "run"))
