@@ -18,7 +18,6 @@ plain nn.Sequential); fedast_mpi.training is not used.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -26,6 +25,8 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from benchmarks import emit
 
 
 def load_requests(run_file: str) -> list[tuple[int, int, int]]:
@@ -109,12 +110,7 @@ def main(argv=None) -> int:
 
     out = {"seconds": seconds, "requests": len(requests), "per_task": counts,
            "torch_threads": torch.get_num_threads()}
-    text = json.dumps(out)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text)
-    else:
-        print(text)
+    emit(out, args.json)
     return 0
 
 

@@ -14,12 +14,13 @@ what the polling costs the rank that works when both share the cores.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
 from mpi4py import MPI
+
+from benchmarks import emit
 
 
 def main(argv=None) -> int:
@@ -50,12 +51,7 @@ def main(argv=None) -> int:
                "rounds": rounds, "mode": args.mode, "round_seconds": args.round,
                "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
                "worker_iterations_per_second": work}
-        text = json.dumps(out)
-        if args.json:
-            with open(args.json, "w") as fh:
-                fh.write(text)
-        else:
-            print(text)
+        emit(out, args.json)
     else:
         iters, busy = 0, 0.0
         if args.mode == "compute":
