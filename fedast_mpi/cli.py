@@ -1,4 +1,4 @@
-"""The `fedast-mpi` command: run, validate, inspect. The only place that touches COMM_WORLD."""
+"""The `fedast-mpi` command: run, compare, validate, inspect. The only place that touches COMM_WORLD."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ins = sub.add_parser("inspect", help="one-screen summary of a run directory or file")
     ins.add_argument("path")
+    cmp_ = sub.add_parser("compare", help="algorithms x seeds on identical clients, data, delays")
+    cmp_.add_argument("config", nargs="?", help="YAML config (default: the embedded job)")
+    cmp_.add_argument("--algorithms", required=True, help="comma separated, e.g. fedast,sync")
+    cmp_.add_argument("--seeds", type=int, default=1, help="seeds run.seed, run.seed+1, ...")
+    cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cmp_.add_argument("--out", required=True, help="directory for the runs and compare.md/.csv")
     return p
 
 
@@ -73,11 +79,27 @@ def cmd_run(args) -> int:
         comm.Free()
 
 
+def cmd_compare(args) -> int:
+    from fedast_mpi.compare import plan, run_compare
+    from fedast_mpi.config import load_config
+    cfg = load_config(args.config, args.overrides)
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    plan(cfg, algorithms, args.seeds)  # every run's config is checked before MPI starts
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD.Dup()
+    try:
+        return run_compare(cfg, algorithms, args.seeds, Path(args.out), comm)
+    finally:
+        comm.Free()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
-        return {"run": cmd_run, "validate": cmd_validate, "inspect": cmd_inspect}[args.command](args)
+        commands = {"run": cmd_run, "validate": cmd_validate, "inspect": cmd_inspect,
+                    "compare": cmd_compare}
+        return commands[args.command](args)
     except FedastError as exc:
         if env_rank() == 0:
             print(error_line(str(exc)), file=sys.stderr, flush=True)

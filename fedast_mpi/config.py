@@ -29,10 +29,17 @@ import yaml
 from fedast_mpi import catalog
 from fedast_mpi.errors import ConfigError
 
-ALGORITHMS: tuple[str, ...] = ("fedast", "fedast-nobuffer")
-"""Values of `algorithm.name` this version runs."""
+ALGORITHMS: tuple[str, ...] = ("fedast", "fedast-nobuffer", "sync", "sync-bayes", "sync-ucb",
+                               "fedbuff", "fedasync")
+"""Values of `algorithm.name` (SPEC §4): FedAST, its baselines and single-task references."""
 
-ALLOCATIONS: tuple[str, ...] = ("static",)
+SYNC_ALGORITHMS: tuple[str, ...] = ("sync", "sync-bayes", "sync-ucb")
+"""Synchronous baselines: one global round over all tasks (PAPER.md §4)."""
+
+SINGLE_TASK_ALGORITHMS: tuple[str, ...] = ("fedbuff", "fedasync")
+"""Single-task references, to check the code against known algorithms."""
+
+ALLOCATIONS: tuple[str, ...] = ("static", "dynamic")
 """Values of `algorithm.allocation` this version runs."""
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -291,7 +298,8 @@ class ReallocConfig(_Section):
     window: int = 8
     """Number of recent aggregations the rate estimates use (>= 2)."""
     period_factor: float = 0.75
-    """Reallocation period as a factor of the mean aggregation interval (> 0)."""
+    """Realloc period factor (> 0): paper every ceil(f · M · ΣR) updates, code
+    floor(f · ΣR_initial) · M (PAPER.md §2); the paper's value is 0.75."""
 
     def _check(self) -> None:
         _at_least("window", self.window, 2)
@@ -315,19 +323,33 @@ class AlgorithmConfig(_Section):
     """Realloc parameters (used by dynamic allocation)."""
     first_k: int | None = 30
     """Sync baselines: aggregate the first k updates of a round (>= 1); null waits for all."""
+    staleness_exponent: float = 0.5
+    """fedasync: staleness weight (1 + s)^-a applied to each update (a >= 0)."""
+    bayes_alpha: float = 0.25
+    """sync-bayes: weight of the round time against selection fairness in BODS' objective."""
+    bayes_candidates: int = 75
+    """sync-bayes: candidate assignments scored by expected improvement each round."""
+    ucb_gamma: float = 0.99
+    """sync-ucb: discount of the per-(task, client) statistics, in (0, 1]."""
 
     def _check(self) -> None:
         if self.name not in ALGORITHMS:
             _fail("name", f"unknown algorithm {self.name!r} (known: {', '.join(ALGORITHMS)})")
-        if self.allocation == "dynamic" and "dynamic" not in ALLOCATIONS:
-            _fail("allocation", "dynamic allocation (Realloc) is not available in this version "
-                                f"(known: {', '.join(ALLOCATIONS)})")
         if self.allocation not in ALLOCATIONS:
             _fail("allocation", f"unknown allocation {self.allocation!r} "
                                 f"(known: {', '.join(ALLOCATIONS)})")
+        if self.allocation == "dynamic" and self.name not in ("fedast", "fedast-nobuffer"):
+            _fail("allocation", f"dynamic allocation (Realloc) is a FedAST mechanism; "
+                                f"{self.name!r} runs static")
         _at_least("total_requests", self.total_requests, 1)
         _positive("r_to_b", self.r_to_b)
         _at_least("first_k", self.first_k, 1)
+        _non_negative("staleness_exponent", self.staleness_exponent)
+        _at_least("bayes_candidates", self.bayes_candidates, 1)
+        if not 0.0 <= self.bayes_alpha <= 1.0:
+            _fail("bayes_alpha", f"must be in [0, 1], got {self.bayes_alpha}")
+        if not 0.0 < self.ucb_gamma <= 1.0:
+            _fail("ucb_gamma", f"must be in (0, 1], got {self.ucb_gamma}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -518,11 +540,23 @@ class Config(_Section):
     """Simulated clients."""
     tasks: tuple[TaskConfig, ...]
     """The tasks trained simultaneously (at least one)."""
+    compare: Mapping[str, Any] = field(default_factory=dict)
+    """`fedast-mpi compare`: per-algorithm overrides, {algorithm: {dotted key: value}}; a key
+    `tasks.*.KEY` applies to every task (e.g. sync's global_lr 1 against FedAST's 0.1)."""
 
     def _check(self) -> None:
         tasks = self.tasks
         if not tasks:
             _fail("tasks", "must list at least one task")
+        for algo, overrides in self.compare.items():
+            if algo not in ALGORITHMS:
+                _fail(f"compare.{algo}", f"unknown algorithm (known: {', '.join(ALGORITHMS)})")
+            if not isinstance(overrides, Mapping):
+                _fail(f"compare.{algo}", f"expected a mapping of KEY: VALUE, got {_show(overrides)}")
+        name = self.algorithm.name
+        if name in SINGLE_TASK_ALGORITHMS and len(tasks) != 1:
+            _fail("algorithm.name", f"{name!r} is a single-task reference; the config has "
+                                    f"{len(tasks)} tasks")
         seen: dict[str, int] = {}
         for i, task in enumerate(tasks):
             if task.name in seen:
@@ -555,7 +589,7 @@ class Config(_Section):
                   f"{total} differs from the sum of the tasks' requests ({given})")
         resolved = []
         for i, (task, r) in enumerate(zip(tasks, requests)):
-            if algo.name == "fedast-nobuffer":
+            if algo.name in ("fedast-nobuffer", "fedasync"):
                 b = 1
             elif task.buffer_size is None:
                 b = min(r, max(1, round(r / algo.r_to_b)))

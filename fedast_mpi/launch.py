@@ -139,9 +139,9 @@ def run_job(cfg, out_dir: Path, comm) -> int:
 
 def serve(cfg, runner, log, comm, wall0: float, run_file: str) -> int:
     """Rank 0: build the executor, run the server, drain the workers, close the run file."""
+    from fedast_mpi.algorithms import server_class
     from fedast_mpi.executor import InProcessExecutor
     from fedast_mpi.progress import Progress
-    from fedast_mpi.server import Server
 
     if comm.size == 1:
         executor = InProcessExecutor(runner)
@@ -149,7 +149,7 @@ def serve(cfg, runner, log, comm, wall0: float, run_file: str) -> int:
         from fedast_mpi.transport import ServerTransport
         executor = ServerTransport(comm, runner.n_params, arrival_order=cfg.run.clock == "real")
     progress = Progress(cfg.run.log_every)
-    server = Server(cfg, runner, executor, log, progress, wall0)
+    server = server_class(cfg.algorithm.name)(cfg, runner, executor, log, progress, wall0)
     status, reason = server.run()
     executor.shutdown()
     server.finish()

@@ -59,6 +59,12 @@ class TaskRunner:
         data = self.data[task]
         return evaluate(self.models[task], model, data.test_x, data.test_y)
 
+    def weight_mask(self, task: int) -> np.ndarray:
+        """True for the flat coordinates of non-bias parameters (the code variant's estimate)."""
+        parts = [np.full(p.numel(), "bias" not in name, bool)
+                 for name, p in self.models[task].module.named_parameters() if p.requires_grad]
+        return np.concatenate(parts)
+
     def n_samples(self) -> np.ndarray:
         """Samples per client and task (clients × tasks), for the run file."""
         return np.array([[len(d.shards[c]) for d in self.data]

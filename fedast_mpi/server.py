@@ -1,11 +1,13 @@
-"""Rank 0: the FedAST server loop (per-task buffers, aggregation, completion, dispatch).
+"""Rank 0: what every server algorithm shares (event pump, tasks, clients, logging, completion).
 
-One loop for both clocks. Virtual: updates are processed strictly in
+One event pump for both clocks. Virtual: updates are processed strictly in
 (finish time, request id) order, all updates with the same finish time before
-the replacements they trigger are dispatched (the documented tie-break that
-makes "buffer = all outstanding, equal delays" exactly FedAvg). Real: updates
-are processed in arrival order, each batch that arrived together before its
-replacements are dispatched.
+the algorithm reacts to the batch (`after_batch`: FedAST dispatches the
+replacements, Sync may close its round) — the documented tie-break that makes
+"buffer = all outstanding, equal delays" exactly FedAvg. Real: updates are
+processed in arrival order, each batch that arrived together before
+`after_batch`. Algorithms (fedast_mpi/algorithms) implement `start`,
+`process`, `after_batch` and `on_complete`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedast_mpi import seeding
-from fedast_mpi.aggregation import replacement_count, server_step, split_budget
+from fedast_mpi.aggregation import server_step, split_budget
 from fedast_mpi.clients import ClientPool, DelayModel, assign_tiers
 from fedast_mpi.errors import FedastError
 
@@ -36,8 +38,11 @@ class Request:
     dispatch_time: float
     finish_time: float
     seed: int
+    start_time: float = 0.0
     worker: int = 0
     cancelled: bool = False
+    rejected: bool = False
+    """Never computed: beyond first-k in a sync round (its client stays busy)."""
 
 
 class TaskState:
@@ -85,8 +90,8 @@ class TaskState:
             self.versions.pop(old, None)
 
 
-class Server:
-    """The FedAST server over an executor (in-process or MPI workers)."""
+class ServerBase:
+    """The state and mechanics every server algorithm shares, over an executor."""
 
     def __init__(self, cfg, runner, executor, runlog, progress, wall0: float | None = None):
         self.cfg = cfg
@@ -111,6 +116,7 @@ class Server:
         self.wall0 = time.time() if wall0 is None else wall0
         self.cpu0 = time.process_time()
         self.outstanding_real: dict[int, Request] = {}
+        self.phantoms: list[tuple[float, int, Request]] = []  # real clock: rejected requests
         runlog.write_clients(tier, mult, runner.n_samples())
         for t in self.tasks:
             runlog.add_task(t.index, t.name, dataset=t.cfg.dataset, model=t.cfg.model,
@@ -131,17 +137,6 @@ class Server:
         reason = self.loop_real() if self.real else self.loop_virtual()
         return "completed", reason
 
-    def start(self) -> None:
-        """Evaluate version 0, log the allocation, send every task's initial requests."""
-        for t in self.tasks:
-            self.log_allocation(t)
-        for t in self.tasks:
-            self.evaluate(t)
-        for t in self.tasks:
-            if not t.finished:
-                for _ in range(t.requests):
-                    self.dispatch(t, cap=False)
-
     def loop_virtual(self) -> str:
         max_time = self.cfg.run.max_time
         while True:
@@ -156,11 +151,11 @@ class Server:
             self.now = finish
             while self.heap and self.heap[0][0] == finish:
                 _, _, req = heapq.heappop(self.heap)
-                if req.cancelled:
-                    self.record(req, None, accepted=0)
+                if req.cancelled or req.rejected:
+                    self.record_unused(req)
                     continue
                 self.process(req, self.executor.wait_for(req.id))
-            self.dispatch_pending()
+            self.after_batch()
             self.tick()
 
     def loop_real(self) -> str:
@@ -175,6 +170,8 @@ class Server:
             if self.now >= max_time:
                 self.now = max_time
                 return "max_time"
+            while self.phantoms and self.phantoms[0][0] <= self.now:
+                self.record_unused(heapq.heappop(self.phantoms)[2])
             wait = min(0.05, (max_time - self.now) * self.cfg.run.time_scale)
             for upd in self.executor.poll(wait):
                 req = outstanding.pop(upd.request)
@@ -184,16 +181,31 @@ class Server:
                     self.executor.free(upd)
                 else:
                     self.process(req, upd)
-            self.dispatch_pending()
+            self.after_batch()
             self.tick()
 
     def tick(self) -> None:
         self.progress.maybe_print(self)
         self.log.maybe_flush()
 
-    # -- one update ----------------------------------------------------------------
+    # -- algorithm hooks ------------------------------------------------------------
+    def start(self) -> None:
+        """Log the allocation, evaluate version 0, send the first requests."""
+        raise NotImplementedError
+
     def process(self, req: Request, upd) -> None:
-        """Staleness, buffer, aggregation when full, replacements (PAPER.md §1.3)."""
+        """One received update of a live request."""
+        raise NotImplementedError
+
+    def after_batch(self) -> None:
+        """Every update with the same time (virtual) or arrival batch (real) was processed."""
+
+    def on_complete(self, t: "TaskState") -> None:
+        """Task t reached its target and its requests were cancelled: hand its resources over."""
+
+    # -- shared steps ----------------------------------------------------------------
+    def accept(self, req: Request, upd) -> int:
+        """Book an update into its task's buffer (logged); returns its staleness."""
         t = self.tasks[req.task]
         del t.outstanding[req.id]
         self.clients.release(req.client)
@@ -208,16 +220,13 @@ class Server:
         t.staleness.append(staleness)
         t.updates += 1
         self.n_processed += 1
-        if len(t.buffer) >= t.buffer_size:
-            self.aggregate(t)
-        if not t.finished:
-            unfinished = [u for u in self.tasks if not u.finished]
-            k = replacement_count(
-                t.requests, len(t.outstanding) + t.reserved,
-                sum(u.requests for u in unfinished),
-                sum(len(u.outstanding) + u.reserved for u in unfinished))
-            t.reserved += k
-            self.to_dispatch.extend([t.index] * k)
+        return staleness
+
+    def record_unused(self, req: Request) -> None:
+        """A cancelled or rejected request at its finish time: logged with accepted = 0."""
+        if req.rejected:
+            self.clients.release(req.client)
+        self.record(req, None, accepted=0)
 
     def record(self, req: Request, upd, accepted: int, norm: float = NAN) -> None:
         t = self.tasks[req.task]
@@ -226,9 +235,12 @@ class Server:
                         self.now, self.wall(), NAN if upd is None else upd.train_loss,
                         norm, accepted))
 
-    def aggregate(self, t: TaskState) -> None:
-        """x ← x + η_s · mean(buffer), a new version; then evaluate if due."""
-        t.advance(server_step(t.model, [u.delta for u in t.buffer], t.cfg.global_lr))
+    def aggregate(self, t: TaskState, weights: list[float] | None = None) -> None:
+        """x ← x + η_s · mean(w · buffer), a new version; then evaluate if due."""
+        deltas = [u.delta for u in t.buffer]
+        if weights is not None:
+            deltas = [np.float32(w) * d for w, d in zip(weights, deltas)]
+        t.advance(server_step(t.model, deltas, t.cfg.global_lr))
         st = t.staleness
         self.log.aggregation((t.index, t.version, self.now, self.wall(), len(st), max(st),
                               float(np.mean(st))))
@@ -264,49 +276,49 @@ class Server:
         t.buffer, t.staleness = [], []
         self.to_dispatch = [m for m in self.to_dispatch if m != t.index]
         t.reserved = 0
-        others = [u for u in self.tasks if not u.finished]
-        shares = split_budget(t.requests, [u.requests for u in others], self.handover_rng)
+        self.on_complete(t)
         t.requests = 0
-        for u, extra in zip(others, shares):
-            u.requests += extra
-            u.buffer_size = max(1, round(u.requests / u.ratio))
-            u.reserved += extra
-            self.to_dispatch.extend([u.index] * extra)
         for u in self.tasks:
             self.log_allocation(u)
 
-    def log_allocation(self, t: TaskState) -> None:
-        self.log.allocation((self.now, t.index, t.requests, t.buffer_size, NAN))
+    def log_allocation(self, t: TaskState, sigma2: float = NAN) -> None:
+        self.log.allocation((self.now, t.index, t.requests, t.buffer_size, sigma2))
 
-    # -- dispatch ------------------------------------------------------------------
-    def dispatch_pending(self) -> None:
-        pending, self.to_dispatch = self.to_dispatch, []
-        for m in pending:
-            t = self.tasks[m]
-            t.reserved -= 1
-            if not t.finished:
-                self.dispatch(t)
+    def handover_shares(self, t: TaskState) -> list[tuple["TaskState", int]]:
+        """t's request budget split over the unfinished tasks ∝ their R (PAPER.md §1.5)."""
+        others = [u for u in self.tasks if not u.finished]
+        shares = split_budget(t.requests, [u.requests for u in others], self.handover_rng)
+        return list(zip(others, shares))
 
-    def dispatch(self, t: TaskState, cap: bool = True) -> None:
-        """One request of task t to a uniformly drawn client (dropped if over the cap)."""
-        client = int(self.select_rng.integers(self.clients.count))
-        if cap and not self.clients.can_accept(client):
-            self.n_dropped += 1
-            return
-        _, finish = self.clients.schedule(client, t.index, self.now)
+    # -- requests -------------------------------------------------------------------
+    def draw_client(self) -> int:
+        return int(self.select_rng.integers(self.clients.count))
+
+    def schedule(self, t: TaskState, client: int) -> Request:
+        """A request of task t on `client` at `now`: queued on the client, not yet sent."""
+        start, finish = self.clients.schedule(client, t.index, self.now)
         rid = self.next_id
         self.next_id += 1
-        req = Request(rid, t.index, client, t.version, self.now, finish,
-                      seeding.int_seed(self.seed, seeding.REQUEST, rid))
-        t.outstanding[rid] = req
-        t.hold(t.version)
+        return Request(rid, t.index, client, t.version, self.now, finish,
+                       seeding.int_seed(self.seed, seeding.REQUEST, rid), start_time=start)
+
+    def submit(self, req: Request) -> None:
+        """Send a scheduled request to be trained on the task's current model."""
+        t = self.tasks[req.task]
+        t.outstanding[req.id] = req
+        t.hold(req.base_version)
         if self.real:
-            self.outstanding_real[rid] = req
-            release = self.wall0 + finish * self.cfg.run.time_scale
-            self.executor.submit(req, t.model, release)
+            self.outstanding_real[req.id] = req
+            release = self.wall0 + req.finish_time * self.cfg.run.time_scale
+            self.executor.submit(req, t.versions[req.base_version], release)
         else:
-            heapq.heappush(self.heap, (finish, rid, req))
-            self.executor.submit(req, t.model)
+            heapq.heappush(self.heap, (req.finish_time, req.id, req))
+            self.executor.submit(req, t.versions[req.base_version])
+
+    def reject(self, req: Request) -> None:
+        """A scheduled request that is never trained (beyond first-k): logged at its finish time."""
+        req.rejected = True
+        heapq.heappush(self.phantoms if self.real else self.heap, (req.finish_time, req.id, req))
 
     # -- the end -------------------------------------------------------------------
     def finish(self) -> None:

@@ -176,8 +176,11 @@ BAD = [
     ("run.log_every", -1, "run.log_every: must be >= 0"),
     ("run.checkpoint.every_seconds", 0, "run.checkpoint.every_seconds: must be > 0"),
     ("run.checkpoint.keep", 0, "run.checkpoint.keep: must be >= 1"),
-    ("algorithm.name", "sync", "algorithm.name: unknown algorithm 'sync' (known: fedast, fedast-nobuffer)"),
-    ("algorithm.allocation", "dynamic", "algorithm.allocation: dynamic allocation (Realloc) is not available"),
+    ("algorithm.name", "fedprox", "algorithm.name: unknown algorithm 'fedprox' (known: fedast, "),
+    ("algorithm.allocation", "greedy", "algorithm.allocation: unknown allocation 'greedy'"),
+    ("algorithm.bayes_alpha", 1.5, "algorithm.bayes_alpha: must be in [0, 1]"),
+    ("algorithm.ucb_gamma", 0, "algorithm.ucb_gamma: must be in (0, 1]"),
+    ("algorithm.staleness_exponent", -1, "algorithm.staleness_exponent"),
     ("algorithm.allocation", "greedy", "algorithm.allocation: unknown allocation"),
     ("algorithm.r_to_b", 0, "algorithm.r_to_b: must be > 0"),
     ("algorithm.first_k", 0, "algorithm.first_k: must be >= 1"),
@@ -466,3 +469,26 @@ def test_written_yaml_loads(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(to_yaml(cfg))
     assert load_config(str(path)) == cfg
+
+
+def test_algorithm_cross_checks():
+    data = raw()
+    data["algorithm"] = {"name": "sync", "allocation": "dynamic"}
+    assert error_of(data).startswith("algorithm.allocation: dynamic allocation (Realloc) is a FedAST")
+    data["algorithm"] = {"name": "fedbuff"}
+    assert error_of(data).startswith("algorithm.name: 'fedbuff' is a single-task reference")
+    data["algorithm"] = {"name": "fedast"}
+    data["compare"] = {"nosuch": {}}
+    assert error_of(data).startswith("compare.nosuch: unknown algorithm")
+    data["compare"] = {"sync": ["tasks.*.global_lr=1"]}
+    assert error_of(data).startswith("compare.sync: expected a mapping")
+    data["compare"] = {"sync": {"tasks.*.global_lr": 1.0}}
+    assert config_from_dict(data).compare["sync"] == {"tasks.*.global_lr": 1.0}
+
+
+def test_fedasync_resolves_buffer_one():
+    data = raw()
+    data["tasks"] = data["tasks"][:1]
+    data["tasks"][0]["buffer_size"] = 3
+    data["algorithm"] = {"name": "fedasync"}
+    assert config_from_dict(data).tasks[0].buffer_size == 1

@@ -1,0 +1,120 @@
+"""FedAST (PAPER.md §1-2): per-task buffers, static or dynamic allocation, and its relatives.
+
+The same loop runs `fedast-nobuffer` (b = 1), `fedbuff` (one task) and
+`fedasync` (one task, b = 1, each update weighted by (1 + staleness)^-a).
+"""
+
+from __future__ import annotations
+
+from fedast_mpi import realloc
+from fedast_mpi.aggregation import polynomial_staleness_weight, replacement_count
+from fedast_mpi.server import ServerBase, TaskState
+
+
+class FedAST(ServerBase):
+    """Aggregate a task as soon as its buffer is full; replace every processed request."""
+
+    def __init__(self, cfg, runner, executor, runlog, progress, wall0=None):
+        super().__init__(cfg, runner, executor, runlog, progress, wall0)
+        algo = cfg.algorithm
+        self.dynamic = algo.allocation == "dynamic"
+        self.variant = algo.realloc.variant
+        self.fedasync = algo.name == "fedasync"
+        self.reallocator = None
+        if self.dynamic:
+            self.reallocator = realloc.Reallocator(
+                variant=self.variant, window=algo.realloc.window,
+                period_factor=algo.realloc.period_factor, r_to_b=algo.r_to_b,
+                n_params=runner.n_params,
+                masks=[runner.weight_mask(i) for i in range(len(cfg.tasks))],
+                hyper=[(t.global_lr, t.local_lr, t.local_steps) for t in cfg.tasks],
+                initial_requests=[t.requests for t in cfg.tasks])
+
+    def start(self) -> None:
+        for t in self.tasks:
+            self.log_allocation(t)
+        for t in self.tasks:
+            self.evaluate(t)
+        for t in self.tasks:  # the initial burst ignores the availability cap (PAPER.md §1.3)
+            if not t.finished:
+                for _ in range(t.requests):
+                    self.dispatch(t, cap=False)
+
+    def process(self, req, upd) -> None:
+        """PAPER.md §1.3: buffer, Realloc when due, aggregate when full, replacements."""
+        t = self.tasks[req.task]
+        self.accept(req, upd)
+        if self.dynamic:
+            self.reallocator.observe(t.index, upd.delta)
+            if self.variant == "code":
+                t.buffer_size = realloc.code_buffer(len(t.outstanding), self.cfg.algorithm.r_to_b)
+            if self.reallocator.due([u.version for u in self.tasks],
+                                    [u.finished for u in self.tasks],
+                                    [u.requests for u in self.tasks]):
+                self.reallocate()
+        if len(t.buffer) >= t.buffer_size:
+            weights = None
+            if self.fedasync:
+                a = self.cfg.algorithm.staleness_exponent
+                weights = [polynomial_staleness_weight(s, a) for s in t.staleness]
+            self.aggregate(t, weights)
+        if not t.finished:
+            self.replace(t)
+
+    def replace(self, t: TaskState) -> None:
+        """Reserve K new requests of t, sent once the current batch is processed."""
+        unfinished = [u for u in self.tasks if not u.finished]
+        args = (t.requests, len(t.outstanding) + t.reserved,
+                sum(u.requests for u in unfinished),
+                sum(len(u.outstanding) + u.reserved for u in unfinished))
+        if self.dynamic:
+            k = realloc.replacement_count(self.variant, *args)
+        else:
+            k = replacement_count(*args)
+        t.reserved += k
+        self.to_dispatch.extend([t.index] * k)
+
+    def reallocate(self) -> None:
+        """New R_m (and b_m) from the heterogeneity estimates; logged to /allocation."""
+        finished = [t.finished for t in self.tasks]
+        requests, buffers, sigma2 = self.reallocator.reallocate(
+            [t.requests for t in self.tasks], [t.buffer_size for t in self.tasks], finished)
+        for t, r, b, s2 in zip(self.tasks, requests, buffers, sigma2):
+            if not t.finished:
+                t.requests, t.buffer_size = r, b
+            self.log_allocation(t, s2)
+
+    def after_batch(self) -> None:
+        pending, self.to_dispatch = self.to_dispatch, []
+        for m in pending:
+            t = self.tasks[m]
+            t.reserved -= 1
+            if not t.finished:
+                self.dispatch(t)
+
+    def dispatch(self, t: TaskState, cap: bool = True) -> None:
+        """One request of t to a uniformly drawn client (dropped if over the availability cap)."""
+        client = self.draw_client()
+        if cap and not self.clients.can_accept(client):
+            self.n_dropped += 1
+            return
+        self.submit(self.schedule(t, client))
+
+    def on_complete(self, t: TaskState) -> None:
+        """Static: the extra requests go out at once; dynamic: phased in by the K <= 2 rule."""
+        r_to_b = self.cfg.algorithm.r_to_b
+        for u, extra in self.handover_shares(t):
+            old = u.requests
+            u.requests += extra
+            if not self.dynamic:
+                u.buffer_size = max(1, round(u.requests / u.ratio))
+                u.reserved += extra
+                self.to_dispatch.extend([u.index] * extra)
+            elif self.variant == "paper":
+                u.buffer_size = realloc.rescale_buffer(u.buffer_size, old, u.requests)
+            else:
+                u.buffer_size = max(1, round(u.requests / r_to_b))
+            if self.cfg.algorithm.name in ("fedast-nobuffer", "fedasync"):
+                u.buffer_size = 1
+        if self.reallocator is not None:
+            self.reallocator.forget(t.index)

@@ -1,0 +1,117 @@
+"""Synchronous simultaneous training (PAPER.md §4): Sync-ST, Sync-Bayes-ST, Sync-UCB-ST.
+
+One global round for all tasks: the available clients are split disjointly
+among the unfinished tasks (∝ their `requests`, the paper's weights), every
+selected client trains its task on the current model, and the round ends
+when every task has its first min(k, clients) updates (by finish time). Jobs
+beyond first-k are never trained — their finish times are known at dispatch —
+but keep their client busy and appear in /events with accepted = 0 at their
+finish time (PAPER.md §4.0). Each task then aggregates x ← x + η_s · mean and
+the next round starts at the time of the last kept update.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedast_mpi import selection
+from fedast_mpi.server import ServerBase
+
+
+class Sync(ServerBase):
+    """Round-based baselines; `algorithm.name` picks how clients are assigned to tasks."""
+
+    def __init__(self, cfg, runner, executor, runlog, progress, wall0=None):
+        super().__init__(cfg, runner, executor, runlog, progress, wall0)
+        algo = cfg.algorithm
+        self.name = algo.name
+        self.available = cfg.clients.available or cfg.clients.count
+        self.round = 0
+        self.remaining: dict[int, int] = {}
+        self.round_requests: dict[int, object] = {}
+        self.assignment: list[np.ndarray] = []
+        self.kept: list[np.ndarray] = []
+        self.durations: list[np.ndarray] = []
+        self.losses: dict[int, float] = {}
+        m, n = len(cfg.tasks), cfg.clients.count
+        self.ucb = selection.UcbScores(m, n, algo.ucb_gamma) if self.name == "sync-ucb" else None
+        self.bayes = (selection.BayesSelector(m, n, algo.bayes_alpha, algo.bayes_candidates)
+                      if self.name == "sync-bayes" else None)
+
+    def start(self) -> None:
+        for t in self.tasks:
+            self.log_allocation(t)
+        for t in self.tasks:
+            self.evaluate(t)
+        self.start_round()
+
+    # -- a round -----------------------------------------------------------------------
+    def select(self) -> tuple[list[np.ndarray], int | None]:
+        """The round's clients per task, and k (None: wait for all)."""
+        active = [not t.finished for t in self.tasks]
+        n = self.cfg.clients.count
+        if self.ucb is not None and self.round == 0:  # every client trains every task
+            return [np.arange(n) if a else np.zeros(0, np.int64) for a in active], None
+        shares = selection.sync_shares(self.available, [t.requests for t in self.tasks],
+                                       active, self.select_rng)
+        if self.ucb is not None:
+            chosen = self.ucb.select(shares, self.round, self.select_rng)
+        elif self.bayes is not None:
+            chosen = self.bayes.select(shares, self.select_rng)
+        else:
+            chosen = selection.random_assignment(n, shares, self.select_rng)
+        return chosen, self.cfg.algorithm.first_k
+
+    def start_round(self) -> None:
+        """Dispatch a round: schedule every job, train only the first k of each task."""
+        if all(t.finished for t in self.tasks):
+            return
+        chosen, k = self.select()
+        self.assignment, self.kept, self.durations = [], [], []
+        self.remaining, self.losses, self.round_requests = {}, {}, {}
+        for t, clients in zip(self.tasks, chosen):
+            reqs = [self.schedule(t, int(c)) for c in clients] if not t.finished else []
+            keep = selection.first_k([r.finish_time for r in reqs], [r.id for r in reqs], k)
+            for req, kept in zip(reqs, keep):
+                if kept:
+                    self.submit(req)
+                    self.round_requests[req.id] = req
+                else:
+                    self.reject(req)
+            self.assignment.append(np.asarray(clients, np.int64))
+            self.kept.append(np.asarray(keep, bool))
+            self.durations.append(np.array([r.finish_time - r.start_time for r in reqs]))
+            if reqs:
+                self.remaining[t.index] = int(np.count_nonzero(keep))
+
+    def process(self, req, upd) -> None:
+        self.accept(req, upd)
+        self.remaining[req.task] -= 1
+        self.losses[req.id] = upd.train_loss
+
+    def after_batch(self) -> None:
+        if self.remaining and not any(self.remaining.values()):
+            self.end_round()
+            self.start_round()
+
+    def end_round(self) -> None:
+        """Every task aggregates its round (version += 1), then the selectors learn from it."""
+        for m in self.remaining:
+            t = self.tasks[m]
+            if not t.finished and t.buffer:
+                self.aggregate(t)
+        if self.bayes is not None:
+            self.bayes.observe(self.assignment, self.kept, self.durations)
+        if self.ucb is not None:
+            trained, losses = [], []
+            by_client = {}
+            for rid, loss in self.losses.items():
+                req = self.round_requests[rid]
+                by_client.setdefault(req.task, []).append((req.client, loss))
+            for m in range(len(self.tasks)):
+                pairs = by_client.get(m, [])
+                trained.append(np.array([c for c, _ in pairs], np.int64))
+                losses.append(np.array([x for _, x in pairs], np.float64))
+            self.ucb.update(trained, losses)
+        self.round += 1
+        self.remaining = {}
