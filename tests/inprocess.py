@@ -37,14 +37,16 @@ def digits_task(name="digits", **over):
     return task
 
 
-def make_config(tasks, *, clients=50, max_time=40.0, tiers=None, seed=RUN_SEED):
-    clients_cfg = {"count": clients, "available": None}
+def make_config(tasks, *, clients=50, max_time=40.0, tiers=None, seed=RUN_SEED, available=None,
+                **algorithm):
+    """A virtual-clock config; `algorithm` holds extra `algorithm.*` keys (name, allocation...)."""
+    clients_cfg = {"count": clients, "available": available}
     if tiers is not None:
         clients_cfg["tiers"] = copy.deepcopy(tiers)
     return config_from_dict({
         "run": {"name": "equivalence", "seed": seed, "clock": "virtual", "max_time": max_time,
                 "device": "cpu", "log_every": 0},
-        "algorithm": {"name": "fedast", "allocation": "static"},
+        "algorithm": {"name": "fedast", "allocation": "static", **algorithm},
         "clients": clients_cfg,
         "tasks": [copy.deepcopy(t) for t in tasks],
     })

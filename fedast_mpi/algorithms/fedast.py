@@ -81,8 +81,17 @@ class FedAST(ServerBase):
             [t.requests for t in self.tasks], [t.buffer_size for t in self.tasks], finished)
         for t, r, b, s2 in zip(self.tasks, requests, buffers, sigma2):
             if not t.finished:
-                t.requests, t.buffer_size = r, b
+                t.requests = r
+                # paper: R/b fixed at the task's own ratio (rescaling b step by step would let
+                # the rounding drift); code: b follows the outstanding count after each update
+                t.buffer_size = self.buffer_for(t) if self.variant == "paper" else b
             self.log_allocation(t, s2)
+
+    def buffer_for(self, t: TaskState) -> int:
+        """b_m for the current R_m at the task's fixed R/b ratio (b = 1 without a buffer)."""
+        if self.cfg.algorithm.name in ("fedast-nobuffer", "fedasync"):
+            return 1
+        return max(1, round(t.requests / t.ratio))
 
     def after_batch(self) -> None:
         pending, self.to_dispatch = self.to_dispatch, []
@@ -102,19 +111,13 @@ class FedAST(ServerBase):
 
     def on_complete(self, t: TaskState) -> None:
         """Static: the extra requests go out at once; dynamic: phased in by the K <= 2 rule."""
-        r_to_b = self.cfg.algorithm.r_to_b
         for u, extra in self.handover_shares(t):
-            old = u.requests
             u.requests += extra
+            u.buffer_size = self.buffer_for(u)
+            if self.dynamic and self.variant == "code":  # PAPER.md §1.5: round(R / R_bs_ratio)
+                u.buffer_size = max(1, round(u.requests / self.cfg.algorithm.r_to_b))
             if not self.dynamic:
-                u.buffer_size = max(1, round(u.requests / u.ratio))
                 u.reserved += extra
                 self.to_dispatch.extend([u.index] * extra)
-            elif self.variant == "paper":
-                u.buffer_size = realloc.rescale_buffer(u.buffer_size, old, u.requests)
-            else:
-                u.buffer_size = max(1, round(u.requests / r_to_b))
-            if self.cfg.algorithm.name in ("fedast-nobuffer", "fedasync"):
-                u.buffer_size = 1
         if self.reallocator is not None:
             self.reallocator.forget(t.index)
