@@ -58,6 +58,7 @@ def plan(cfg: Config, algorithms: Sequence[str], seeds: int) -> list[tuple[str, 
         for k in range(seeds):
             data = copy.deepcopy(base)
             data["algorithm"]["name"] = algorithm
+            data["algorithm"]["total_requests"] = None  # recomputed: overrides may change R_m
             if algorithm not in ASYNC_DYNAMIC:
                 data["algorithm"]["allocation"] = "static"
             if algorithm == "fedast-nobuffer":

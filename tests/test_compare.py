@@ -1,0 +1,94 @@
+"""`fedast-mpi compare`: the plan, the metric, and FedAST against Sync-ST on the embedded config."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import launch
+from fedast_mpi.compare import expand, plan, summarize
+from fedast_mpi.config import load_config
+from fedast_mpi.errors import ConfigError
+
+CONFIG = str(Path(__file__).parent.parent / "configs" / "compare-embedded.yaml")
+
+
+def test_expand_wildcards_every_task():
+    assert expand({"tasks.*.global_lr": 3.0, "run.max_time": 5}, 2) == [
+        "tasks.0.global_lr=3.0", "tasks.1.global_lr=3.0", "run.max_time=5"]
+
+
+def test_plan_same_seeds_per_algorithm_and_overrides():
+    cfg = load_config(CONFIG, ["algorithm.allocation=dynamic"])
+    runs = plan(cfg, ["fedast", "sync"], 2)
+    assert [(a, s) for a, s, _ in runs] == [("fedast", 0), ("fedast", 1), ("sync", 0), ("sync", 1)]
+    by = {(a, s): c for a, s, c in runs}
+    assert by[("fedast", 0)].algorithm.allocation == "dynamic"
+    assert by[("sync", 0)].algorithm.allocation == "static"  # Realloc is FedAST's
+    assert all(t.global_lr == 3.0 for t in by[("sync", 1)].tasks)
+    assert all(t.global_lr == 1.0 for t in by[("fedast", 1)].tasks)
+    assert by[("sync", 1)].run.seed == by[("fedast", 1)].run.seed == 1
+    assert by[("fedast", 0)].clients == by[("sync", 0)].clients
+    with pytest.raises(ConfigError, match="--algorithms"):
+        plan(cfg, ["fedast", "nope"], 1)
+    with pytest.raises(ConfigError, match="--seeds"):
+        plan(cfg, ["fedast"], 0)
+
+
+def test_summary_gain_is_the_papers_formula():
+    results = {"fedast": {0: ({"a": 10.0, "b": 60.0}, 60.0), 1: ({"a": 12.0, "b": 40.0}, 40.0)},
+               "sync": {0: ({"a": 20.0, "b": 100.0}, 100.0), 1: ({"a": 30.0, "b": 80.0}, 80.0)}}
+    table, rows = summarize(results)
+    gains = [(100 - 60) / 100, (80 - 40) / 80]
+    mean, std = 100 * np.mean(gains), 100 * np.std(gains, ddof=1)
+    assert rows[2][-1] == f"{mean:.1f} ± {std:.1f} %"
+    assert rows[2][3] == "90.0 ± 14.1"  # completion of sync
+    assert "| fedast |" in table
+    results["sync"][1] = ({"a": 30.0, "b": math.inf}, math.inf)
+    _, rows = summarize(results)
+    assert "not reached" in rows[2][3]
+
+
+@pytest.mark.slow
+@pytest.mark.launch
+def test_fedast_completes_sooner_than_sync_st(tmp_path):
+    out = tmp_path / "cmp"
+    res = launch(3, "compare", CONFIG, "--algorithms", "fedast,sync", "--seeds", "3",
+                 "--out", str(out), timeout=600)
+    assert res.rc == 0, res.stderr[-2000:]
+    assert (out / "compare.md").exists() and "gain of fedast" in res.stdout
+    gains = []
+    for seed in range(3):
+        files = {a: h5py.File(out / f"{a}-seed{seed}" / "run.h5", "r") for a in ("fedast", "sync")}
+        try:
+            f, s = files["fedast"], files["sync"]
+            # identical clients, shards, initial models for both algorithms
+            for key in ("clients/tier", "clients/multiplier", "clients/n_samples"):
+                assert np.array_equal(f[key][()], s[key][()]), key
+            for name in f["tasks"]:
+                assert f[f"tasks/{name}/eval"][0]["accuracy"] == s[f"tasks/{name}/eval"][0]["accuracy"]
+            done = [max(g.attrs["reached_time"] for g in x["tasks"].values()) for x in (f, s)]
+            assert all(np.isfinite(done)), done
+            gains.append((done[1] - done[0]) / done[1])
+        finally:
+            for x in files.values():
+                x.close()
+    assert min(gains) > 0.3, gains  # a clear margin on every seed
+    rows = list(csv.reader(open(out / "compare.csv")))
+    mean = 100 * np.mean(gains)
+    assert rows[2][-1].startswith(f"{mean:.1f} ±"), (rows[2], mean)
+
+
+def test_plan_accepts_per_algorithm_weights():
+    cfg = load_config(CONFIG)
+    cfg = cfg.__class__(**{**{f: getattr(cfg, f) for f in ("run", "algorithm", "clients", "tasks")},
+                           "compare": {"sync": {"tasks.0.requests": 30}}})
+    runs = {a: c for a, _, c in plan(cfg, ["fedast", "sync"], 1)}
+    assert [t.requests for t in runs["sync"].tasks] == [30, 24, 24]
+    assert runs["sync"].algorithm.total_requests == 78
+    assert runs["fedast"].algorithm.total_requests == 72
