@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import h5py
 import numpy as np
 
-from fedast_mpi.config import config_from_dict, to_dict
 from inprocess import digits_task, make_config, run_and_read
 
 
@@ -19,8 +16,8 @@ def busy_clients_before(events, t, end):
 
 def test_availability_cap_limits_distinct_busy_clients(tmp_path):
     cap = 3
-    cfg = make_config([digits_task(requests=6, buffer_size=2)], clients=40, max_time=60.0)
-    cfg = replace(cfg, clients=replace(cfg.clients, available=cap))
+    cfg = make_config([digits_task(requests=6, buffer_size=2)], clients=40, max_time=60.0,
+                      available=cap)
     events, _, _, attrs = run_and_read(cfg, tmp_path)
     assert attrs["requests_dropped"] > 0  # the cap really bit
     end = events["time"]
@@ -67,9 +64,8 @@ def test_completion_cancels_requests_and_hands_over(tmp_path):
 
 
 def test_nobuffer_aggregates_every_update(tmp_path):
-    cfg = make_config([digits_task(requests=5, buffer_size=3)], max_time=30.0)
-    cfg = replace(cfg, algorithm=replace(cfg.algorithm, name="fedast-nobuffer"))
-    cfg = config_from_dict(to_dict(cfg))  # resolution forces b = 1
+    cfg = make_config([digits_task(requests=5, buffer_size=3)], max_time=30.0,
+                      name="fedast-nobuffer")  # resolution forces b = 1
     assert cfg.tasks[0].buffer_size == 1
     events, aggs, _, _ = run_and_read(cfg, tmp_path)
     assert len(aggs) == np.count_nonzero(events["accepted"]) > 10
