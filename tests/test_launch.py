@@ -197,3 +197,19 @@ def test_run_file_readable_by_h5dump_while_written(tmp_path):
             proc.kill()
     after = subprocess.run([h5dump, "-H", str(out / "run.h5")], capture_output=True, text=True)
     assert after.returncode == 0 and "final_model" in after.stdout
+
+
+def test_real_clock_sync_rounds_and_rejections(tmp_path):
+    out = tmp_path / "sync-real"
+    res = launch(3, "run", "--out", str(out), "--set", "run.log_every=0",
+                 "--set", "algorithm.name=sync", "--set", "algorithm.first_k=5",
+                 "--set", "clients.available=45", "--set", "run.clock=real",
+                 "--set", "run.time_scale=0.05", "--set", "run.max_time=100", timeout=120)
+    assert res.rc == 0, res.stderr
+    with h5py.File(out / "run.h5", "r") as f:
+        ev, agg = f["events"][()], f["aggregations"][()]
+    assert len(agg) >= 6 and np.all(agg["n_updates"] == 5)
+    rejected = ev[ev["accepted"] == 0]
+    assert len(rejected) > 0 and np.all(np.isnan(rejected["train_loss"]))
+    assert np.all(ev["time"] >= ev["finish_time"] - 1e-6)  # nothing is seen before its release
+    assert np.all(ev[ev["accepted"] == 1]["staleness"] == 0)
