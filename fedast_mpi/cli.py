@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--seeds", type=int, default=1, help="seeds run.seed, run.seed+1, ...")
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cmp_.add_argument("--out", required=True, help="directory for the runs and compare.md/.csv")
+    cmp_.add_argument("--only", type=int, metavar="INDEX",
+                      help="run only entry INDEX of the plan (algorithm-major: a job-array task)")
+    cmp_.add_argument("--summarize", action="store_true",
+                      help="no runs: read the directory's run files and print the table")
     return p
 
 
@@ -85,10 +89,14 @@ def cmd_compare(args) -> int:
     cfg = load_config(args.config, args.overrides)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     plan(cfg, algorithms, args.seeds)  # every run's config is checked before MPI starts
+    if args.summarize:
+        from fedast_mpi.compare import write_summary
+        write_summary(cfg, algorithms, args.seeds, Path(args.out))
+        return 0
     from mpi4py import MPI
     comm = MPI.COMM_WORLD.Dup()
     try:
-        return run_compare(cfg, algorithms, args.seeds, Path(args.out), comm)
+        return run_compare(cfg, algorithms, args.seeds, Path(args.out), comm, args.only)
     finally:
         comm.Free()
 

@@ -119,29 +119,44 @@ def summarize(results: dict[str, dict[int, tuple[dict[str, float], float]]],
     return "\n".join(lines), csv
 
 
-def run_compare(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Path, comm) -> int:
-    """Run every (algorithm, seed) with all ranks, one after another; rank 0 prints the table."""
-    import csv
+def run_compare(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Path, comm,
+                only: int | None = None) -> int:
+    """Run every (algorithm, seed) with all ranks, one after another; rank 0 prints the table.
+
+    `only` runs just that entry of the plan (a job-array task) and prints no table.
+    """
     from fedast_mpi.launch import run_job
-    from fedast_mpi.schema import RUN_FILE
     runs = plan(cfg, algorithms, seeds)
-    for algorithm, seed, run_cfg in runs:
+    if only is not None and not 0 <= only < len(runs):
+        raise ConfigError(f"--only: {only} is outside the plan's 0..{len(runs) - 1}")
+    for index, (algorithm, seed, run_cfg) in enumerate(runs):
+        if only is not None and index != only:
+            continue
         if comm.rank == 0:
             print(f"== {algorithm}, seed {seed} ==", flush=True)
         code = run_job(run_cfg, out_dir / run_name(algorithm, seed), comm)
         if code:
             return code
-    if comm.rank == 0:
-        results: dict = {}
-        for algorithm, seed, _ in runs:
-            results.setdefault(algorithm, {})[seed] = read_times(
-                out_dir / run_name(algorithm, seed) / RUN_FILE)
-        table, rows = summarize(results)
-        text = (f"# Comparison: {', '.join(algorithms)}; {seeds} seed(s) from {cfg.run.seed}\n\n"
-                f"Simulated time, mean ± std over seeds; gain = (T_baseline − T_fedast) / "
-                f"T_baseline on the time to completion.\n\n{table}\n")
-        (out_dir / "compare.md").write_text(text)
-        with open(out_dir / "compare.csv", "w", newline="") as fh:
-            csv.writer(fh).writerows(rows)
-        print(text, flush=True)
+    if comm.rank == 0 and only is None:
+        write_summary(cfg, algorithms, seeds, out_dir)
     return 0
+
+
+def write_summary(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Path) -> None:
+    """Read the comparison's run files; print and write compare.md and compare.csv."""
+    import csv
+    from fedast_mpi.schema import RUN_FILE
+    results: dict = {}
+    for algorithm, seed, _ in plan(cfg, algorithms, seeds):
+        path = out_dir / run_name(algorithm, seed) / RUN_FILE
+        if not path.exists():
+            raise ConfigError(f"{path}: missing; run the comparison (or its array task) first")
+        results.setdefault(algorithm, {})[seed] = read_times(path)
+    table, rows = summarize(results)
+    text = (f"# Comparison: {', '.join(algorithms)}; {seeds} seed(s) from {cfg.run.seed}\n\n"
+            f"Simulated time, mean ± std over seeds; gain = (T_baseline − T_fedast) / "
+            f"T_baseline on the time to completion.\n\n{table}\n")
+    (out_dir / "compare.md").write_text(text)
+    with open(out_dir / "compare.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    print(text, flush=True)

@@ -92,3 +92,20 @@ def test_plan_accepts_per_algorithm_weights():
     assert [t.requests for t in runs["sync"].tasks] == [30, 24, 24]
     assert runs["sync"].algorithm.total_requests == 78
     assert runs["fedast"].algorithm.total_requests == 72
+
+
+@pytest.mark.launch
+def test_array_tasks_then_summary(tmp_path):
+    out = tmp_path / "sweep"
+    common = ["--algorithms", "fedast,sync", "--seeds", "1", "--out", str(out),
+              "--set", "run.max_time=400", "--set", "run.log_every=0"]
+    for index in (1, 0):  # any order, one run each, as job-array tasks would
+        res = launch(2, "compare", *common, "--only", str(index))
+        assert res.rc == 0, res.stderr
+        assert "gain of" not in res.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["fedast-seed0", "sync-seed0"]
+    bad = launch(0, "compare", *common, "--only", "2")
+    assert bad.rc == 2 and "--only" in bad.stderr
+    summary = launch(0, "compare", *common, "--summarize")
+    assert summary.rc == 0 and "gain of fedast" in summary.stdout
+    assert (out / "compare.md").read_text().count("| sync |") == 1
