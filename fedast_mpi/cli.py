@@ -1,4 +1,4 @@
-"""The `fedast-mpi` command: run, compare, validate, inspect. The only place that touches COMM_WORLD."""
+"""The `fedast-mpi` command: run, resume, compare, validate, inspect. The only place that touches COMM_WORLD."""
 
 from __future__ import annotations
 
@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. tasks.0.buffer_size=5 (repeatable)")
     run.add_argument("--out", help="run directory (default: run.out_dir/run.name)")
+    res = sub.add_parser("resume", help="continue a run from its newest valid checkpoint")
+    res.add_argument("run_dir")
+    res.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="change a harmless key (e.g. run.max_time); needs --force")
+    res.add_argument("--force", action="store_true",
+                     help="accept harmless config changes (max_time, logging, checkpoints)")
     val = sub.add_parser("validate", help="check a config without MPI")
     val.add_argument("config", nargs="?")
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -83,6 +89,37 @@ def cmd_run(args) -> int:
         comm.Free()
 
 
+def cmd_resume(args) -> int:
+    import yaml
+    from mpi4py import MPI
+
+    from fedast_mpi.checkpoint import check_resume_config, latest_checkpoint
+    from fedast_mpi.config import apply_override, config_from_dict, to_dict
+    from fedast_mpi.launch import collective_phase, run_job
+    run_dir = Path(args.run_dir)
+    comm = MPI.COMM_WORLD.Dup()
+    try:
+        # rank 0 picks and verifies the checkpoint; every rank gets its config
+        picked, code = collective_phase(
+            comm, lambda: latest_checkpoint(run_dir) if comm.rank == 0 else None)
+        if code:
+            return code
+        ckpt = picked[1] if comm.rank == 0 else {}
+        if comm.rank == 0:
+            print(f"resuming {run_dir} from {picked[0].name} (simulated time {ckpt['time']:.1f})",
+                  flush=True)
+        text = comm.bcast(ckpt["config"] if comm.rank == 0 else None, root=0)
+        old = config_from_dict(yaml.safe_load(text))
+        data = to_dict(old)
+        for item in args.overrides:
+            apply_override(data, item)
+        cfg = config_from_dict(data)
+        check_resume_config(old, cfg, args.force)  # the same on every rank
+        return run_job(cfg, run_dir, comm, resume=ckpt)
+    finally:
+        comm.Free()
+
+
 def cmd_compare(args) -> int:
     from fedast_mpi.compare import plan, run_compare
     from fedast_mpi.config import load_config
@@ -105,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
-        commands = {"run": cmd_run, "validate": cmd_validate, "inspect": cmd_inspect,
-                    "compare": cmd_compare}
+        commands = {"run": cmd_run, "resume": cmd_resume, "validate": cmd_validate,
+                    "inspect": cmd_inspect, "compare": cmd_compare}
         return commands[args.command](args)
     except FedastError as exc:
         if env_rank() == 0:

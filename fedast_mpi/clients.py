@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import json
+
 import numpy as np
 
 from fedast_mpi import seeding
@@ -100,3 +102,21 @@ class ClientPool:
             self.n_busy -= 1
         elif self.pending[client] < 0:
             raise RuntimeError(f"client {client} released more requests than it had")
+
+    def state_dict(self) -> dict:
+        """Queues, pending counts and every delay stream's exact position (for checkpoints)."""
+        keys = sorted(self._streams)
+        return {"busy_until": self.busy_until.copy(), "pending": self.pending.copy(),
+                "n_busy": int(self.n_busy),
+                "stream_keys": np.array(keys, np.int64).reshape(-1, 2),
+                "stream_states": json.dumps([self._streams[k].bit_generator.state for k in keys])}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.busy_until = np.array(state["busy_until"], np.float64)
+        self.pending = np.array(state["pending"], np.int64)
+        self.n_busy = int(state["n_busy"])
+        self._streams = {}
+        for (client, task), st in zip(np.asarray(state["stream_keys"]).reshape(-1, 2),
+                                      json.loads(state["stream_states"])):
+            rng = self.stream(int(client), int(task))
+            rng.bit_generator.state = st

@@ -94,5 +94,5 @@ class InProcessExecutor:
         for rid in [r for r, (req, _) in self.pending.items() if req.task == task]:
             del self.pending[rid]
 
-    def shutdown(self) -> None:
+    def shutdown(self, code: int = 0) -> None:
         self.pending.clear()

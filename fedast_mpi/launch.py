@@ -92,9 +92,14 @@ def abort(comm, exc: BaseException, log=None) -> None:
     comm.Abort(code)
 
 
-def run_job(cfg, out_dir: Path, comm) -> int:
-    """The `run` sub-command on every rank: set up collectively, then server or worker."""
+def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
+    """`run` (and `resume`) on every rank: set up collectively, then server or worker.
+
+    `resume` is the verified checkpoint on rank 0 and `{}` on the other ranks.
+    """
     import time
+
+    from fedast_mpi.checkpoint import Signals
 
     from fedast_mpi import __version__
     from fedast_mpi.config import to_yaml
@@ -104,6 +109,7 @@ def run_job(cfg, out_dir: Path, comm) -> int:
 
     real = cfg.run.clock == "real"
     run_file = out_dir / RUN_FILE
+    signals = Signals().install()  # from now on a signal is recorded, acted on at a safe point
 
     def build_runner():
         configure_threads()
@@ -112,6 +118,8 @@ def run_job(cfg, out_dir: Path, comm) -> int:
     def open_run_file():  # only once every rank has its data: a failed set-up leaves no file
         if comm.rank != 0:
             return None
+        if resume is not None:
+            return RunLog.reopen(run_file, resume["runlog"], comm.size)
         text = to_yaml(cfg)
         log = RunLog(run_file, config_yaml=text, algorithm=cfg.algorithm.name,
                      clock=cfg.run.clock, seed=cfg.run.seed, world_size=comm.size,
@@ -128,20 +136,26 @@ def run_job(cfg, out_dir: Path, comm) -> int:
     wall0 = comm.bcast(time.time(), root=0)
     try:
         if comm.rank == 0:
-            return serve(cfg, runner, log, comm, wall0, str(run_file))
+            return serve(cfg, runner, log, comm, wall0, out_dir, signals, resume)
         from fedast_mpi.worker import Worker
-        Worker(comm, runner, real).run()
-        return 0
+        return Worker(comm, runner, real).run()
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
         abort(comm, exc, log)
         return 1
 
 
-def serve(cfg, runner, log, comm, wall0: float, run_file: str) -> int:
-    """Rank 0: build the executor, run the server, drain the workers, close the run file."""
+def serve(cfg, runner, log, comm, wall0: float, out_dir: Path, signals, resume) -> int:
+    """Rank 0: build the executor, run the server, drain the workers, close the run file.
+
+    Returns 0 when done, or EXIT_INTERRUPTED after a signal (checkpoint written first).
+    """
     from fedast_mpi.algorithms import server_class
+    from fedast_mpi.checkpoint import EXIT_INTERRUPTED, Checkpointer
+    from fedast_mpi.config import to_yaml
     from fedast_mpi.executor import InProcessExecutor
     from fedast_mpi.progress import Progress
+    from fedast_mpi.schema import RUN_FILE
+    from fedast_mpi.server import Interrupted
 
     if comm.size == 1:
         executor = InProcessExecutor(runner)
@@ -149,10 +163,21 @@ def serve(cfg, runner, log, comm, wall0: float, run_file: str) -> int:
         from fedast_mpi.transport import ServerTransport
         executor = ServerTransport(comm, runner.n_params, arrival_order=cfg.run.clock == "real")
     progress = Progress(cfg.run.log_every)
-    server = server_class(cfg.algorithm.name)(cfg, runner, executor, log, progress, wall0)
-    status, reason = server.run()
-    executor.shutdown()
-    server.finish()
+    server = server_class(cfg.algorithm.name)(cfg, runner, executor, log, progress, wall0,
+                                              fresh=resume is None)
+    if resume is not None:
+        server.load_state_dict(resume["state"])
+    ckpt = cfg.run.checkpoint
+    server.checkpointer = Checkpointer(out_dir, to_yaml(cfg), log, ckpt.every_seconds, ckpt.keep,
+                                       signals)
+    try:
+        status, reason = server.run()
+        code = 0
+        server.checkpointer.save(server)  # the final state: a resume with a larger max_time goes on
+    except Interrupted as stop:
+        status, reason, code = "interrupted", str(stop), EXIT_INTERRUPTED
+    executor.shutdown(code)
+    server.finish(final_models=code == 0)
     log.close(status, reason)
-    progress.final(server, status, reason, run_file)
-    return 0
+    progress.final(server, status, reason, str(out_dir / RUN_FILE))
+    return code

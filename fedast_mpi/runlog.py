@@ -282,6 +282,68 @@ class RunLog:
         f.flush()
         self._last_flush = _time.monotonic()
 
+    def position(self) -> dict:
+        """Flush, then the file's position: rows per table and each task's reached_time.
+
+        A checkpoint stores it; `reopen` cuts the file back to it, so a resumed run
+        continues the file exactly where the checkpoint was taken.
+        """
+        self.flush()
+        f = self._f
+        pos = {name: int(f[t.path].shape[0]) for name, t in
+               (("events", self._events), ("aggregations", self._aggregations),
+                ("allocation", self._allocation))}
+        for index, table in self._evals.items():
+            pos[f"eval_{index}"] = int(f[table.path].shape[0])
+            pos[f"reached_{index}"] = float(self._group(index).attrs["reached_time"])
+        return pos
+
+    @classmethod
+    def reopen(cls, path, position: dict, world_size: int, flush_every: float = 1.0) -> "RunLog":
+        """Open an existing run file for appending, cut back to `position` (rows after it dropped)."""
+        self = cls.__new__(cls)
+        self.path = os.fspath(path)
+        self.flush_every = float(flush_every)
+        try:
+            self._f = _open_h5(self.path, "r+")
+        except OSError as e:
+            raise RunFileError(f"{self.path}: cannot reopen the run file to resume: {e}") from None
+        f = self._f
+        if _as_str(f.attrs.get("schema", "")) != schema.RUN_SCHEMA:
+            f.close()
+            raise RunFileError(f"{self.path}: not a {schema.RUN_SCHEMA} file")
+        self._closed = False
+        self._events = _Table(schema.EVENTS, schema.EVENT_DTYPE)
+        self._aggregations = _Table(schema.AGGREGATIONS, schema.AGGREGATION_DTYPE)
+        self._allocation = _Table(schema.ALLOCATION, schema.ALLOCATION_DTYPE)
+        self._tasks, self._evals = {}, {}
+        for name, g in f[schema.TASKS].items():
+            index = int(g.attrs["index"])
+            self._tasks[index] = name
+            self._evals[index] = _Table(f"{schema.TASKS}/{name}/{schema.EVAL}", schema.EVAL_DTYPE)
+        cuts = {"events": self._events, "aggregations": self._aggregations,
+                "allocation": self._allocation}
+        cuts.update({f"eval_{i}": t for i, t in self._evals.items()})
+        for key, table in cuts.items():
+            ds = f[table.path]
+            n = int(position[key])
+            if ds.shape[0] < n:
+                f.close()
+                raise RunFileError(f"{self.path}: {table.path} has {ds.shape[0]} rows, fewer than "
+                                   f"the checkpoint's {n}; the run file does not match it")
+            ds.resize((n,))
+        for index in self._tasks:
+            g = self._group(index)
+            g.attrs["reached_time"] = np.float64(position[f"reached_{index}"])
+            if schema.FINAL_MODEL in g:
+                del g[schema.FINAL_MODEL]
+        f.attrs["status"] = "running"
+        f.attrs["stop_reason"] = ""
+        f.attrs["world_size"] = np.int64(world_size)
+        self._last_flush = _time.monotonic()
+        f.flush()
+        return self
+
     def pending(self) -> int:
         """Rows queued and not yet written."""
         tables = (self._events, self._aggregations, self._allocation, *self._evals.values())

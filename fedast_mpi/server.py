@@ -13,6 +13,7 @@ processed in arrival order, each batch that arrived together before
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -20,11 +21,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedast_mpi import seeding
+from fedast_mpi.h5tree import rng_state, set_rng_state
 from fedast_mpi.aggregation import server_step, split_budget
 from fedast_mpi.clients import ClientPool, DelayModel, assign_tiers
 from fedast_mpi.errors import FedastError
 
 NAN = float("nan")
+
+REQUEST_DTYPE = np.dtype([
+    ("id", "<i8"), ("task", "<i4"), ("client", "<i4"), ("base_version", "<i8"),
+    ("dispatch_time", "<f8"), ("finish_time", "<f8"), ("seed", "<i8"), ("start_time", "<f8"),
+    ("worker", "<i4"), ("cancelled", "?"), ("rejected", "?"),
+    ("in_heap", "?"), ("in_phantoms", "?"), ("in_outstanding", "?"),
+])
+UPDATE_META_DTYPE = np.dtype([("request", "<i8"), ("worker", "<i4"), ("train_loss", "<f8"),
+                              ("n_samples", "<i8")])
+
+
+class Interrupted(Exception):
+    """A signal asked the run to checkpoint and stop; the message names the signal."""
 
 
 @dataclass
@@ -81,6 +96,39 @@ class TaskState:
             if version != self.version:
                 self.versions.pop(version, None)
 
+    def state_dict(self) -> dict:
+        """Everything but the Request objects (the server stores those once, by id)."""
+        d = self.model.size
+        meta = np.array([(u.request, u.worker, u.train_loss, u.n_samples) for u in self.buffer],
+                        UPDATE_META_DTYPE)
+        return {"version": self.version,
+                "versions": {str(v): m for v, m in self.versions.items()},
+                "refs": json.dumps({str(v): n for v, n in self.refs.items()}),
+                "buffer": (np.stack([np.asarray(u.delta) for u in self.buffer]) if self.buffer
+                           else np.zeros((0, d), np.float32)),
+                "buffer_meta": meta, "staleness": np.array(self.staleness, np.int64),
+                "requests": self.requests, "buffer_size": self.buffer_size,
+                "ratio": float(self.ratio), "outstanding": np.array(sorted(self.outstanding), np.int64),
+                "reserved": self.reserved, "updates": self.updates, "finished": self.finished,
+                "reached_time": float(self.reached_time), "accuracy": float(self.accuracy)}
+
+    def load_state_dict(self, state: dict, requests: dict[int, "Request"]) -> None:
+        from fedast_mpi.executor import Update
+        self.versions = {int(v): np.asarray(m, np.float32) for v, m in state["versions"].items()}
+        self.version = int(state["version"])
+        self.model = self.versions[self.version]
+        self.refs = {int(v): int(n) for v, n in json.loads(state["refs"]).items()}
+        self.buffer = [Update(int(m["request"]), self.index, int(m["worker"]), float(m["train_loss"]),
+                              int(m["n_samples"]), np.array(delta, np.float32))
+                       for m, delta in zip(state["buffer_meta"], state["buffer"])]
+        self.staleness = [int(x) for x in state["staleness"]]
+        self.requests, self.buffer_size = int(state["requests"]), int(state["buffer_size"])
+        self.ratio = float(state["ratio"])
+        self.outstanding = {int(r): requests[int(r)] for r in state["outstanding"]}
+        self.reserved, self.updates = int(state["reserved"]), int(state["updates"])
+        self.finished = bool(state["finished"])
+        self.reached_time, self.accuracy = float(state["reached_time"]), float(state["accuracy"])
+
     def advance(self, model: np.ndarray) -> None:
         old = self.version
         self.model = model
@@ -93,7 +141,8 @@ class TaskState:
 class ServerBase:
     """The state and mechanics every server algorithm shares, over an executor."""
 
-    def __init__(self, cfg, runner, executor, runlog, progress, wall0: float | None = None):
+    def __init__(self, cfg, runner, executor, runlog, progress, wall0: float | None = None,
+                 fresh: bool = True):
         self.cfg = cfg
         self.runner = runner
         self.executor = executor
@@ -117,10 +166,13 @@ class ServerBase:
         self.cpu0 = time.process_time()
         self.outstanding_real: dict[int, Request] = {}
         self.phantoms: list[tuple[float, int, Request]] = []  # real clock: rejected requests
-        runlog.write_clients(tier, mult, runner.n_samples())
-        for t in self.tasks:
-            runlog.add_task(t.index, t.name, dataset=t.cfg.dataset, model=t.cfg.model,
-                            n_params=int(t.model.size), target_accuracy=t.cfg.target_accuracy)
+        self.checkpointer = None  # set by the launcher: saves state, and stops on a signal
+        self.resumed = False
+        if fresh:
+            runlog.write_clients(tier, mult, runner.n_samples())
+            for t in self.tasks:
+                runlog.add_task(t.index, t.name, dataset=t.cfg.dataset, model=t.cfg.model,
+                                n_params=int(t.model.size), target_accuracy=t.cfg.target_accuracy)
 
     # -- time ------------------------------------------------------------------
     def wall(self) -> float:
@@ -132,8 +184,14 @@ class ServerBase:
 
     # -- the loop ----------------------------------------------------------------
     def run(self) -> tuple[str, str]:
-        """Train until every task reaches its target or max_time; returns (status, reason)."""
-        self.start()
+        """Train until every task reaches its target or max_time; returns (status, reason).
+
+        Raises Interrupted after a checkpoint when a signal asked the run to stop.
+        """
+        if self.resumed:
+            self.resubmit()
+        else:
+            self.start()
         reason = self.loop_real() if self.real else self.loop_virtual()
         return "completed", reason
 
@@ -185,8 +243,87 @@ class ServerBase:
             self.tick()
 
     def tick(self) -> None:
+        """Between batches (a consistent state): progress, flush, checkpoint or stop."""
         self.progress.maybe_print(self)
         self.log.maybe_flush()
+        if self.checkpointer is not None:
+            self.checkpointer.tick(self)
+
+    # -- checkpoints -----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The whole server state between batches; workers hold nothing that matters."""
+        reqs: dict[int, Request] = {}
+        flags: dict[int, set] = {}
+        for where, items in (("in_heap", self.heap), ("in_phantoms", self.phantoms),
+                             ("in_outstanding", [(0, r, q) for r, q in self.outstanding_real.items()])):
+            for _, _, req in items:
+                reqs[req.id] = req
+                flags.setdefault(req.id, set()).add(where)
+        for t in self.tasks:
+            for req in t.outstanding.values():
+                reqs.setdefault(req.id, req)
+                flags.setdefault(req.id, set())
+        table = np.array([(r.id, r.task, r.client, r.base_version, r.dispatch_time, r.finish_time,
+                           r.seed, r.start_time, r.worker, r.cancelled, r.rejected,
+                           "in_heap" in flags[r.id], "in_phantoms" in flags[r.id],
+                           "in_outstanding" in flags[r.id])
+                          for r in sorted(reqs.values(), key=lambda q: q.id)], REQUEST_DTYPE)
+        if self.to_dispatch:
+            raise RuntimeError("checkpoint taken with replacements still to dispatch")
+        wait = self.executor.wait
+        return {"now": self.now, "next_id": self.next_id, "n_processed": self.n_processed,
+                "n_dropped": self.n_dropped, "wall": self.wall(),
+                "cpu": time.process_time() - self.cpu0,
+                "compute_seconds": self.executor.compute_seconds,
+                "wait_wall": wait.wall, "wait_cpu": wait.cpu,
+                "select_rng": rng_state(self.select_rng),
+                "handover_rng": rng_state(self.handover_rng),
+                "clients": self.clients.state_dict(), "requests": table,
+                "tasks": [t.state_dict() for t in self.tasks]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a checkpoint; `run()` then resubmits the outstanding requests."""
+        self.now, self.next_id = float(state["now"]), int(state["next_id"])
+        self.n_processed, self.n_dropped = int(state["n_processed"]), int(state["n_dropped"])
+        self.wall0 = time.time() - float(state["wall"])
+        if self.real:  # the simulated clock continues where it stopped
+            self.wall0 = time.time() - self.now * self.cfg.run.time_scale
+        self.cpu0 = time.process_time() - float(state["cpu"])
+        self.executor.compute_seconds = float(state["compute_seconds"])
+        self.executor.wait.wall, self.executor.wait.cpu = state["wait_wall"], state["wait_cpu"]
+        set_rng_state(self.select_rng, state["select_rng"])
+        set_rng_state(self.handover_rng, state["handover_rng"])
+        self.clients.load_state_dict(state["clients"])
+        reqs = {}
+        self.heap, self.phantoms, self.outstanding_real = [], [], {}
+        for row in state["requests"]:
+            req = Request(int(row["id"]), int(row["task"]), int(row["client"]),
+                          int(row["base_version"]), float(row["dispatch_time"]),
+                          float(row["finish_time"]), int(row["seed"]), float(row["start_time"]),
+                          int(row["worker"]), bool(row["cancelled"]), bool(row["rejected"]))
+            reqs[req.id] = req
+            if row["in_heap"]:
+                self.heap.append((req.finish_time, req.id, req))
+            if row["in_phantoms"]:
+                self.phantoms.append((req.finish_time, req.id, req))
+            if row["in_outstanding"]:
+                self.outstanding_real[req.id] = req
+        heapq.heapify(self.heap)
+        heapq.heapify(self.phantoms)
+        for t, ts in zip(self.tasks, state["tasks"]):
+            t.load_state_dict(ts, reqs)
+        self.resumed = True
+
+    def resubmit(self) -> None:
+        """After a resume: the (stateless, maybe different) workers get every live request again."""
+        live = sorted((r for t in self.tasks for r in t.outstanding.values()), key=lambda q: q.id)
+        for req in live:
+            t = self.tasks[req.task]
+            model = t.versions[req.base_version]
+            if self.real:
+                self.executor.submit(req, model, self.wall0 + req.finish_time * self.cfg.run.time_scale)
+            else:
+                self.executor.submit(req, model)
 
     # -- algorithm hooks ------------------------------------------------------------
     def start(self) -> None:
@@ -321,8 +458,9 @@ class ServerBase:
         heapq.heappush(self.phantoms if self.real else self.heap, (req.finish_time, req.id, req))
 
     # -- the end -------------------------------------------------------------------
-    def finish(self) -> None:
-        for t in self.tasks:
+    def finish(self, final_models: bool = True) -> None:
+        """Final models (not for an interrupted run: it is not final) and measured figures."""
+        for t in self.tasks if final_models else ():
             self.log.final_model(t.index, t.model)
         wait = self.executor.wait
         self.log.set_attrs(updates_processed=self.n_processed, requests_dispatched=self.next_id,

@@ -145,8 +145,9 @@ class ServerTransport:
         self.sends = [(r, ref) for r, ref in self.sends if not r.Test()]
 
     def free(self, upd: Update) -> None:
-        """Return an update's slot to its task's pool."""
-        self.free_slots[upd.task].append(upd.slot)
+        """Return an update's slot to its task's pool (updates restored from a checkpoint have none)."""
+        if upd.slot is not None:
+            self.free_slots[upd.task].append(upd.slot)
 
     def wait_for(self, rid: int) -> Update:
         """The update of request `rid` (virtual clock), waiting without spinning."""
@@ -213,10 +214,10 @@ class ServerTransport:
             self._isend(P.ctrl(P.CANCEL_TASK, task=task), w, P.TAG_CTRL)
             self.latest.pop((w, task), None)
 
-    def shutdown(self, timeout: float = 120.0) -> None:
-        """Stop every worker and drain its in-flight updates, then cancel our receives."""
+    def shutdown(self, code: int = 0, timeout: float = 120.0) -> None:
+        """Stop every worker (it exits with `code`), drain its in-flight updates, cancel receives."""
         for w in self.workers:
-            self._isend(P.ctrl(P.STOP), w, P.TAG_CTRL)
+            self._isend(P.ctrl(P.STOP, version=code), w, P.TAG_CTRL)
         backoff = Backoff()
         deadline = time.monotonic() + timeout
         while any(self.final_counts.get(w) != self.received[w] for w in self.workers):

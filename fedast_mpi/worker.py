@@ -34,10 +34,12 @@ class Worker:
         self.queue: list[tuple[float, int, np.void]] = []
         self.held: list[tuple[float, int, int, np.ndarray]] = []
         self.stopping = False
+        self.exit_code = 0
         self.trained = 0
         self.fail_after = injected_fault(self.rank)
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Serve requests until the server's STOP; returns the exit code it carried."""
         backoff = Backoff()
         while True:
             got = self.drain()
@@ -53,6 +55,7 @@ class Worker:
                 limit = self.held[0][0] - time.time() if self.held else None
                 backoff.sleep(limit)
         self.transport.finish(self.rank)
+        return self.exit_code
 
     def drain(self) -> bool:
         """Handle every control message that has arrived."""
@@ -84,6 +87,7 @@ class Worker:
                     del self.needed[key]
             elif kind == P.STOP:
                 self.stopping = True
+                self.exit_code = int(msg["version"])
                 return got
             else:
                 raise ProtocolError(f"worker {self.rank}: unknown control kind {kind}")

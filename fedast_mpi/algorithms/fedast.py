@@ -14,8 +14,8 @@ from fedast_mpi.server import ServerBase, TaskState
 class FedAST(ServerBase):
     """Aggregate a task as soon as its buffer is full; replace every processed request."""
 
-    def __init__(self, cfg, runner, executor, runlog, progress, wall0=None):
-        super().__init__(cfg, runner, executor, runlog, progress, wall0)
+    def __init__(self, cfg, runner, executor, runlog, progress, wall0=None, fresh=True):
+        super().__init__(cfg, runner, executor, runlog, progress, wall0, fresh)
         algo = cfg.algorithm
         self.dynamic = algo.allocation == "dynamic"
         self.variant = algo.realloc.variant
@@ -29,6 +29,17 @@ class FedAST(ServerBase):
                 masks=[runner.weight_mask(i) for i in range(len(cfg.tasks))],
                 hyper=[(t.global_lr, t.local_lr, t.local_steps) for t in cfg.tasks],
                 initial_requests=[t.requests for t in cfg.tasks])
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.reallocator is not None:
+            state["realloc"] = self.reallocator.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.reallocator is not None:
+            self.reallocator.load_state_dict(state["realloc"])
 
     def start(self) -> None:
         for t in self.tasks:

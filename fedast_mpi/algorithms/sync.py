@@ -12,6 +12,8 @@ the next round starts at the time of the last kept update.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from fedast_mpi import selection
@@ -21,14 +23,14 @@ from fedast_mpi.server import ServerBase
 class Sync(ServerBase):
     """Round-based baselines; `algorithm.name` picks how clients are assigned to tasks."""
 
-    def __init__(self, cfg, runner, executor, runlog, progress, wall0=None):
-        super().__init__(cfg, runner, executor, runlog, progress, wall0)
+    def __init__(self, cfg, runner, executor, runlog, progress, wall0=None, fresh=True):
+        super().__init__(cfg, runner, executor, runlog, progress, wall0, fresh)
         algo = cfg.algorithm
         self.name = algo.name
         self.available = cfg.clients.available or cfg.clients.count
         self.round = 0
         self.remaining: dict[int, int] = {}
-        self.round_requests: dict[int, object] = {}
+        self.round_requests: dict[int, tuple[int, int]] = {}  # id -> (task, client), kept jobs
         self.assignment: list[np.ndarray] = []
         self.kept: list[np.ndarray] = []
         self.durations: list[np.ndarray] = []
@@ -37,6 +39,35 @@ class Sync(ServerBase):
         self.ucb = selection.UcbScores(m, n, algo.ucb_gamma) if self.name == "sync-ucb" else None
         self.bayes = (selection.BayesSelector(m, n, algo.bayes_alpha, algo.bayes_candidates)
                       if self.name == "sync-bayes" else None)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        rr = sorted(self.round_requests.items())
+        state["sync"] = {
+            "round": self.round,
+            "remaining": json.dumps({str(k): v for k, v in self.remaining.items()}),
+            "assignment": list(self.assignment), "kept": list(self.kept),
+            "durations": list(self.durations),
+            "losses": json.dumps({str(k): v for k, v in self.losses.items()}),
+            "round_requests": np.array([(r, t, c) for r, (t, c) in rr], np.int64).reshape(-1, 3),
+            "ucb": self.ucb.state_dict() if self.ucb is not None else None,
+            "bayes": self.bayes.state_dict() if self.bayes is not None else None}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        s = state["sync"]
+        self.round = int(s["round"])
+        self.remaining = {int(k): int(v) for k, v in json.loads(s["remaining"]).items()}
+        self.assignment = [np.asarray(a, np.int64) for a in s["assignment"]]
+        self.kept = [np.asarray(a, bool) for a in s["kept"]]
+        self.durations = [np.asarray(a, np.float64) for a in s["durations"]]
+        self.losses = {int(k): float(v) for k, v in json.loads(s["losses"]).items()}
+        self.round_requests = {int(r): (int(t), int(c)) for r, t, c in s["round_requests"]}
+        if self.ucb is not None:
+            self.ucb.load_state_dict(s["ucb"])
+        if self.bayes is not None:
+            self.bayes.load_state_dict(s["bayes"])
 
     def start(self) -> None:
         for t in self.tasks:
@@ -75,7 +106,7 @@ class Sync(ServerBase):
             for req, kept in zip(reqs, keep):
                 if kept:
                     self.submit(req)
-                    self.round_requests[req.id] = req
+                    self.round_requests[req.id] = (req.task, req.client)
                 else:
                     self.reject(req)
             self.assignment.append(np.asarray(clients, np.int64))
@@ -106,8 +137,8 @@ class Sync(ServerBase):
             trained, losses = [], []
             by_client = {}
             for rid, loss in self.losses.items():
-                req = self.round_requests[rid]
-                by_client.setdefault(req.task, []).append((req.client, loss))
+                task, client = self.round_requests[rid]
+                by_client.setdefault(task, []).append((client, loss))
             for m in range(len(self.tasks)):
                 pairs = by_client.get(m, [])
                 trained.append(np.array([c for c, _ in pairs], np.int64))

