@@ -41,12 +41,26 @@ def checkpoint_paths(run_dir) -> list[Path]:
 
 
 class Signals:
-    """Records SIGTERM / SIGUSR1 / SIGINT instead of dying: the server stops at a safe point."""
+    """Records SIGTERM / SIGUSR1 / SIGINT instead of dying: the server stops at a safe point.
+
+    Test hook: FEDAST_INTERRUPT_AFTER=N acts as a signal after N batches, so tests can
+    interrupt a run at exact points.
+    """
 
     NAMES = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self):
         self.received: str | None = None
+        after = os.environ.get("FEDAST_INTERRUPT_AFTER")
+        self.after = int(after) if after else None
+        self.batches = 0
+
+    def poll(self) -> str | None:
+        """The signal received so far (counting one batch for the test hook)."""
+        self.batches += 1
+        if self.after is not None and self.batches >= self.after and not self.received:
+            self.received = f"FEDAST_INTERRUPT_AFTER={self.after}"
+        return self.received
 
     def install(self) -> "Signals":
         for name in self.NAMES:
@@ -69,6 +83,8 @@ class Checkpointer:
         self.keep = keep
         self.signals = signals
         existing = checkpoint_paths(run_dir)
+        for stale in self.folder.glob("*.tmp") if self.folder.is_dir() else ():
+            stale.unlink(missing_ok=True)  # a write cut short by a kill: never renamed, never read
         self.index = int(existing[0].stem.split("-")[1]) + 1 if existing else 0
         self.last = time.monotonic()
         self.saved: list[Path] = []
@@ -76,7 +92,7 @@ class Checkpointer:
     def tick(self, server) -> None:
         """Checkpoint when due; on a signal checkpoint and raise Interrupted."""
         from fedast_mpi.server import Interrupted
-        if self.signals is not None and self.signals.received:
+        if self.signals is not None and self.signals.poll():
             self.save(server)
             raise Interrupted(f"interrupted by {self.signals.received}")
         if time.monotonic() - self.last >= self.every:
