@@ -407,6 +407,7 @@ class ServerBase:
                 self.executor.discard(req.id)
         t.outstanding.clear()
         t.refs.clear()
+        t.versions = {t.version: t.model}  # nothing will train on an older version again
         self.executor.cancel_task(t.index)
         for u in t.buffer:
             self.executor.free(u)

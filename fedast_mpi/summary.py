@@ -2,6 +2,8 @@
 
 import math
 import os
+
+import h5py
 import time
 
 import numpy as np
@@ -39,6 +41,8 @@ def summarize(path: str) -> str:
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, schema.RUN_FILE)
+    if _is_checkpoint(path):
+        return summarize_checkpoint(path)
     for attempt in range(OPEN_ATTEMPTS):  # a read that overlaps the writer's flush can fail
         try:
             return _summarize(path)
@@ -105,4 +109,32 @@ def _summarize(path):
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         for r in table:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _is_checkpoint(path) -> bool:
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return _attr(f, "schema", "") == schema.CHECKPOINT_SCHEMA
+    except OSError:
+        return False
+
+
+def summarize_checkpoint(path: str) -> str:
+    """A checkpoint: where the run stood, per task its version, targets and outstanding work."""
+    from fedast_mpi.checkpoint import read_checkpoint
+    ckpt = read_checkpoint(path)  # verifies every array (CheckpointError, exit 3, if damaged)
+    state = ckpt["state"]
+    reqs = state["requests"]
+    lines = [f"{path}  ({schema.CHECKPOINT_SCHEMA}, #{ckpt['index']}, verified)",
+             f"simulated time {ckpt['time']:.1f}   wall {state['wall']:.1f} s   "
+             f"updates {state['n_processed']}   next request {state['next_id']}   "
+             f"pending requests {len(reqs)} (cancelled {int(reqs['cancelled'].sum())}, "
+             f"rejected {int(reqs['rejected'].sum())})",
+             f"{'task':>4} {'version':>8} {'R':>5} {'b':>4} {'buffered':>8} {'outstanding':>11} "
+             f"{'versions kept':>13} {'done':>5}"]
+    for i, t in enumerate(state["tasks"]):
+        lines.append(f"{i:>4} {t['version']:>8} {t['requests']:>5} {t['buffer_size']:>4} "
+                     f"{len(t['buffer']):>8} {len(t['outstanding']):>11} "
+                     f"{len(t['versions']):>13} {'yes' if t['finished'] else 'no':>5}")
     return "\n".join(lines)

@@ -177,3 +177,14 @@ def test_config_differences_names_keys():
     a = {"run": {"seed": 1, "max_time": 5}, "tasks": [{"x": 1}, {"x": 2}]}
     b = {"run": {"seed": 1, "max_time": 6}, "tasks": [{"x": 1}, {"x": 3}]}
     assert config_differences(a, b) == ["run.max_time", "tasks.1.x"]
+
+
+def test_inspect_a_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    monkeypatch.setenv("FEDAST_INTERRUPT_AFTER", "40")
+    assert main(["run", "--out", str(out), *SHORT]) == 75
+    (path,) = checkpoint_paths(out)
+    capsys.readouterr()
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "fedast-mpi/checkpoint/1" in text and "verified" in text and "outstanding" in text
