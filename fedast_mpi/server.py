@@ -327,8 +327,15 @@ class ServerBase:
 
     # -- algorithm hooks ------------------------------------------------------------
     def start(self) -> None:
-        """Log the allocation, evaluate version 0, send the first requests."""
+        """Log the allocation, evaluate version 0 (`begin`), send the first requests."""
         raise NotImplementedError
+
+    def begin(self) -> None:
+        """The first steps of every algorithm: initial allocation rows and version-0 evaluations."""
+        for t in self.tasks:
+            self.log_allocation(t)
+        for t in self.tasks:
+            self.evaluate(t)
 
     def process(self, req: Request, upd) -> None:
         """One received update of a live request."""

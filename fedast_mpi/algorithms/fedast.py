@@ -42,10 +42,7 @@ class FedAST(ServerBase):
             self.reallocator.load_state_dict(state["realloc"])
 
     def start(self) -> None:
-        for t in self.tasks:
-            self.log_allocation(t)
-        for t in self.tasks:
-            self.evaluate(t)
+        self.begin()
         for t in self.tasks:  # the initial burst ignores the availability cap (PAPER.md §1.3)
             if not t.finished:
                 for _ in range(t.requests):

@@ -70,10 +70,7 @@ class Sync(ServerBase):
             self.bayes.load_state_dict(s["bayes"])
 
     def start(self) -> None:
-        for t in self.tasks:
-            self.log_allocation(t)
-        for t in self.tasks:
-            self.evaluate(t)
+        self.begin()
         self.start_round()
 
     # -- a round -----------------------------------------------------------------------
