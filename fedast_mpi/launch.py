@@ -167,6 +167,7 @@ def serve(cfg, runner, log, comm, wall0: float, out_dir: Path, signals, resume) 
                                               fresh=resume is None)
     if resume is not None:
         server.load_state_dict(resume["state"])
+        progress.resumed_at(server.n_processed)
     ckpt = cfg.run.checkpoint
     server.checkpointer = Checkpointer(out_dir, to_yaml(cfg), log, ckpt.every_seconds, ckpt.keep,
                                        signals)

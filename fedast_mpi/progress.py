@@ -18,6 +18,11 @@ class Progress:
         self.last_wall = time.perf_counter()
         self.last_count = 0
         self.start_wall = self.last_wall
+        self.start_count = 0
+
+    def resumed_at(self, count: int) -> None:
+        """Rates count only this process's updates (a resumed run starts at the checkpoint's)."""
+        self.last_count = self.start_count = count
 
     def _emit(self, line: str, transient: bool = False) -> None:
         if not self.enabled:
@@ -47,9 +52,12 @@ class Progress:
     def final(self, server, status: str, reason: str, run_file: str) -> None:
         """Time-to-target table of every task."""
         wall = time.perf_counter() - self.start_wall
-        rate = server.n_processed / wall if wall > 0 else 0.0
+        done = server.n_processed - self.start_count
+        rate = done / wall if wall > 0 else 0.0
         lines = [f"run {status}: {reason}; simulated time {server.now:.1f}, "
-                 f"{server.n_processed} updates in {wall:.1f} s wall ({rate:.0f} upd/s)",
+                 f"{server.n_processed} updates"
+                 + (f" ({done} since the resume)" if self.start_count else "")
+                 + f" in {wall:.1f} s wall ({rate:.0f} upd/s)",
                  f"{'task':<20} {'target':>7} {'reached at':>11} {'version':>8} "
                  f"{'updates':>8} {'accuracy':>9}"]
         for t in server.tasks:
