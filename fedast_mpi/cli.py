@@ -1,4 +1,7 @@
-"""The `fedast-mpi` command: run, resume, compare, validate, inspect. The only place that touches COMM_WORLD."""
+"""The `fedast-mpi` command: run, resume, compare, validate, inspect, report, data.
+
+The only place that touches COMM_WORLD (the MPI sub-commands pass a Dup on).
+"""
 
 from __future__ import annotations
 
@@ -47,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ins = sub.add_parser("inspect", help="one-screen summary of a run directory or file")
     ins.add_argument("path")
+    rep = sub.add_parser("report", help="offline analysis of run files: tables and figures",
+                         add_help=False)
+    rep.add_argument("args", nargs=argparse.REMAINDER)
+    dat = sub.add_parser("data", help="standard dataset files (on a machine with internet)")
+    dsub = dat.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    dl = dsub.add_parser("download", help="fetch and verify a dataset's standard files")
+    dl.add_argument("name", help="mnist, fmnist, cifar10, cifar100 (shakespeare: LEAF's own tools)")
+    dl.add_argument("--to", required=True, help="directory (use it as the task's data_dir)")
+    dl.add_argument("--mirror", help="base URL replacing the official one")
     cmp_ = sub.add_parser("compare", help="algorithms x seeds on identical clients, data, delays")
     cmp_.add_argument("config", nargs="?", help="YAML config (default: the embedded job)")
     cmp_.add_argument("--algorithms", required=True, help="comma separated, e.g. fedast,sync")
@@ -87,6 +99,18 @@ def cmd_run(args) -> int:
         return run_job(cfg, out_dir, comm)
     finally:
         comm.Free()
+
+
+def cmd_report(args) -> int:
+    from analysis.report import main as report_main
+    return report_main(args.args)
+
+
+def cmd_data(args) -> int:
+    from fedast_mpi.data.download import download
+    for path in download(args.name, Path(args.to), args.mirror):
+        print(path)
+    return 0
 
 
 def cmd_resume(args) -> int:
@@ -143,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         commands = {"run": cmd_run, "resume": cmd_resume, "validate": cmd_validate,
-                    "inspect": cmd_inspect, "compare": cmd_compare}
+                    "inspect": cmd_inspect, "compare": cmd_compare, "report": cmd_report,
+                    "data": cmd_data}
         return commands[args.command](args)
     except FedastError as exc:
         if env_rank() == 0:

@@ -3,6 +3,7 @@
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedast_mpi.catalog import MODELS
@@ -47,7 +48,145 @@ def _cnn(args, input_shape, n_classes) -> nn.Module:
     )
 
 
-_BUILDERS = {"logreg": _logreg, "mlp": _mlp, "cnn": _cnn}
+def _lenet5(args, input_shape, n_classes) -> nn.Module:
+    """LeNet-5 for 28x28 grey images (PAPER.md §6.2, Fashion-MNIST): 44,426 parameters for 10 classes.
+
+    Conv(1->6, 5) ReLU MaxPool2, Conv(6->16, 5) ReLU MaxPool2, flatten 256, Linear 120 ReLU,
+    Linear 84 ReLU, Linear n_classes; no padding.
+
+    `logits_relu` (default False) decides PAPER.md §8 quirk 5: the authors' code applies a ReLU to
+    the logits, which clips every negative logit to 0 (ties at 0 in the argmax, no gradient
+    through negative logits). The default is the standard LeNet-5 (plain linear logits); set
+    `logits_relu: true` to reproduce the authors' network exactly.
+    """
+    _need_shape("lenet5", input_shape, (1, 28, 28))
+    relu_logits = _flag(args["logits_relu"], "lenet5", "logits_relu")
+    layers: list[nn.Module] = [
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 4 * 4, 120), nn.ReLU(),
+        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(84, n_classes),
+    ]
+    if relu_logits:
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _cifar_cnn(args, input_shape, n_classes) -> nn.Module:
+    """The FedDyn CIFAR-10 CNN (PAPER.md §6.2): 797,962 parameters for 10 classes.
+
+    Conv(3->64, 5) ReLU MaxPool2, Conv(64->64, 5) ReLU MaxPool2, flatten 1600, Linear 384 ReLU,
+    Linear 192 ReLU, Linear n_classes; no padding.
+    """
+    _need_shape("cifar_cnn", input_shape, (3, 32, 32))
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 5 * 5, 384), nn.ReLU(),
+        nn.Linear(384, 192), nn.ReLU(),
+        nn.Linear(192, n_classes),
+    )
+
+
+class CharLSTM(nn.Module):
+    """Next-character LSTM (PAPER.md §6.2, Shakespeare): 52,720 parameters for 80 classes.
+
+    Embedding(n_classes, embed) -> 1-layer LSTM(embed -> hidden, batch_first) -> Linear(hidden ->
+    n_classes) on the last time step. Input: int64 character indices of shape (batch, seq_len);
+    the vocabulary is the label set (LEAF Shakespeare: 80 characters for both).
+
+    Decision (PAPER.md §6.2 / §8 quirk 9): the authors carry the detached (h, c) state from one
+    mini-batch to the next within a local training and across test batches. Here every forward
+    starts from a zero state, so the module is stateless: a training request's result depends
+    only on its own inputs (base model, shard, seed), never on which requests a worker ran
+    before, and evaluation does not depend on batch order or size.
+    """
+
+    def __init__(self, vocab: int, embed: int, hidden: int, n_classes: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(embed, hidden, num_layers=1, batch_first=True)
+        self.fc = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embedding(x.long()))  # zero initial (h, c)
+        return self.fc(out[:, -1, :])
+
+
+def _lstm(args, input_shape, n_classes) -> nn.Module:
+    """Character LSTM on (seq_len,) index input; see CharLSTM."""
+    if len(input_shape) != 1 or input_shape[0] < 1:
+        raise ConfigError(f"model 'lstm' needs (seq_len,) character-index input, got {tuple(input_shape)}")
+    embed = _positive(args["embed"], "lstm", "embed")
+    hidden = _positive(args["hidden"], "lstm", "hidden")
+    return CharLSTM(n_classes, embed, hidden, n_classes)
+
+
+class _GNBasicBlock(nn.Module):
+    """ResNet BasicBlock with GroupNorm; 1x1 conv + GroupNorm shortcut when the shape changes."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, groups: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.gn1 = nn.GroupNorm(groups, planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.gn2 = nn.GroupNorm(groups, planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                          nn.GroupNorm(groups, planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.gn1(self.conv1(x)))
+        out = self.gn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18GN(nn.Module):
+    """CIFAR-style ResNet-18 with GroupNorm (PAPER.md §6.2, CIFAR-100; the authors' second `Net`).
+
+    3x3 stem conv 64 stride 1 (no bias) + GroupNorm + ReLU, BasicBlocks [2, 2, 2, 2] with widths
+    64/128/256/512 (strides 1/2/2/2), avg-pool kernel 3, Linear 512 -> n_classes.
+
+    Decision on the pooling: as in the authors' code, `F.avg_pool2d(out, 3)` (stride = kernel = 3)
+    on the 4x4x512 map of a 32x32 input gives a 1x1x512 map (it averages the top-left 3x3 window
+    and ignores the last row and column), so the classifier's input is 512, matching the paper's
+    "Linear 512 -> 100". 11,220,132 parameters for 100 classes (11,173,962 for 10); GroupNorm's
+    affine weight and bias are the only normalisation parameters (no running statistics).
+    The authors' random-crop/flip training augmentation is not part of the model.
+    """
+
+    def __init__(self, n_classes: int, groups: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        self.gn1 = nn.GroupNorm(groups, 64)
+        layers, in_planes = [], 64
+        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers.append(nn.Sequential(_GNBasicBlock(in_planes, planes, stride, groups),
+                                        _GNBasicBlock(planes, planes, 1, groups)))
+            in_planes = planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.linear = nn.Linear(512, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.gn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.avg_pool2d(out, 3)
+        return self.linear(out.flatten(1))
+
+
+def _resnet18_gn(args, input_shape, n_classes) -> nn.Module:
+    """ResNet-18 with GroupNorm on (3, 32, 32) images; see ResNet18GN."""
+    _need_shape("resnet18_gn", input_shape, (3, 32, 32))
+    groups = _positive(args["groups"], "resnet18_gn", "groups")
+    if 64 % groups:
+        raise ConfigError(f"model 'resnet18_gn': groups must divide 64, got {groups}")
+    return ResNet18GN(n_classes, groups)
+
+
+_BUILDERS = {"logreg": _logreg, "mlp": _mlp, "cnn": _cnn, "lenet5": _lenet5, "cifar_cnn": _cifar_cnn,
+             "lstm": _lstm, "resnet18_gn": _resnet18_gn}
 
 
 def _numel(shape) -> int:
@@ -56,6 +195,19 @@ def _numel(shape) -> int:
     for s in shape:
         n *= int(s)
     return n
+
+
+def _need_shape(model: str, input_shape, want: tuple[int, ...]) -> None:
+    """Reject an input shape the model's fixed layer sizes cannot take (one-line ConfigError)."""
+    if tuple(input_shape) != want:
+        raise ConfigError(f"model {model!r} needs {want} input, got {tuple(input_shape)}")
+
+
+def _flag(v, model: str, key: str) -> bool:
+    """Check a model option is a bool."""
+    if not isinstance(v, bool):
+        raise ConfigError(f"model '{model}': {key} must be true or false, got {v!r}")
+    return v
 
 
 def _positive(v, model: str, key: str) -> int:
@@ -80,7 +232,8 @@ def build_model(name: str, args: Mapping, input_shape: tuple[int, ...], n_classe
     merged = {**MODELS[name].args, **(args or {})}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        return _BUILDERS[name](merged, tuple(int(s) for s in input_shape), int(n_classes))
+        module = _BUILDERS[name](merged, tuple(int(s) for s in input_shape), int(n_classes))
+    return module.float()  # FlatModel needs float32 parameters (a no-op under torch's default dtype)
 
 
 def n_params(module: nn.Module) -> int:

@@ -10,8 +10,12 @@ from fedast_mpi.params import flatten
 
 
 def test_catalog_in_step():
+    """Every catalog model builds on the input it is made for (the paper's fixed shapes)."""
+    shapes = {"lenet5": ((1, 28, 28), 10), "cifar_cnn": ((3, 32, 32), 10),
+              "lstm": ((80,), 80), "resnet18_gn": ((3, 32, 32), 100)}
     for name in MODELS:
-        build_model(name, {}, (1, 8, 8), 10, 0)
+        shape, classes = shapes.get(name, ((1, 8, 8), 10))
+        build_model(name, {}, shape, classes, 0)
 
 
 def test_param_counts():
