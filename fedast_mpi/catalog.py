@@ -38,10 +38,27 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({
         args={"alpha": 1.0, "beta": 1.0, "dim": 60, "classes": 10, "test_per_client": 20},
         partitions=("natural", "iid", "dirichlet"),
     ),
+    # Standard files in data_dir (PAPER.md §6.1; `fedast-mpi data download`): IDX images ...
+    "mnist": DatasetSpec(embedded=False),
+    "fmnist": DatasetSpec(embedded=False),
+    # ... CIFAR python pickle batches ...
+    "cifar10": DatasetSpec(embedded=False),
+    "cifar100": DatasetSpec(embedded=False),
+    # ... and LEAF Shakespeare JSON; 'natural' is one LEAF user per client.
+    "shakespeare": DatasetSpec(partitions=("natural", "iid", "dirichlet"), embedded=False),
 })
 
 MODELS: Mapping[str, ModelSpec] = MappingProxyType({
     "logreg": ModelSpec(),
     "mlp": ModelSpec(args={"hidden": [64]}),
     "cnn": ModelSpec(args={"channels": [16, 32], "hidden": 64}),
+    # PAPER.md §6.2 models (fixed input shapes, see fedast_mpi.models):
+    # LeNet-5 on (1, 28, 28); logits_relu=True reproduces the authors' ReLU on the logits.
+    "lenet5": ModelSpec(args={"logits_relu": False}),
+    # FedDyn CIFAR-10 CNN on (3, 32, 32).
+    "cifar_cnn": ModelSpec(),
+    # Shakespeare character LSTM on (seq_len,) int64 indices; zero (h, c) at every batch.
+    "lstm": ModelSpec(args={"embed": 8, "hidden": 100}),
+    # CIFAR ResNet-18 with GroupNorm(groups) on (3, 32, 32).
+    "resnet18_gn": ModelSpec(args={"groups": 2}),
 })

@@ -149,15 +149,16 @@ def cmd_compare(args) -> int:
     from fedast_mpi.config import load_config
     cfg = load_config(args.config, args.overrides)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-    plan(cfg, algorithms, args.seeds)  # every run's config is checked before MPI starts
+    plan(cfg, algorithms, args.seeds, args.overrides)  # every run's config checked before MPI
     if args.summarize:
         from fedast_mpi.compare import write_summary
-        write_summary(cfg, algorithms, args.seeds, Path(args.out))
+        write_summary(cfg, algorithms, args.seeds, Path(args.out), args.overrides)
         return 0
     from mpi4py import MPI
     comm = MPI.COMM_WORLD.Dup()
     try:
-        return run_compare(cfg, algorithms, args.seeds, Path(args.out), comm, args.only)
+        return run_compare(cfg, algorithms, args.seeds, Path(args.out), comm, args.only,
+                           args.overrides)
     finally:
         comm.Free()
 

@@ -43,8 +43,13 @@ def run_name(algorithm: str, seed: int) -> str:
     return f"{algorithm}-seed{seed}"
 
 
-def plan(cfg: Config, algorithms: Sequence[str], seeds: int) -> list[tuple[str, int, Config]]:
-    """(algorithm, seed, config) of every run, in the order they run."""
+def plan(cfg: Config, algorithms: Sequence[str], seeds: int,
+         overrides: Sequence[str] = ()) -> list[tuple[str, int, Config]]:
+    """(algorithm, seed, config) of every run, in the order they run.
+
+    Each algorithm's `compare:` section applies on top of the config, and the command
+    line's `--set` items (`overrides`) on top of that: the command line has the last word.
+    """
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown:
         raise ConfigError(f"--algorithms: unknown {', '.join(unknown)} "
@@ -64,7 +69,7 @@ def plan(cfg: Config, algorithms: Sequence[str], seeds: int) -> list[tuple[str, 
             if algorithm == "fedast-nobuffer":
                 for task in data["tasks"]:
                     task["buffer_size"] = 1
-            for item in expand(cfg.compare.get(algorithm, {}), len(cfg.tasks)):
+            for item in [*expand(cfg.compare.get(algorithm, {}), len(cfg.tasks)), *overrides]:
                 apply_override(data, item)
             data["run"]["seed"] = cfg.run.seed + k
             data["run"]["name"] = run_name(algorithm, data["run"]["seed"])
@@ -120,13 +125,13 @@ def summarize(results: dict[str, dict[int, tuple[dict[str, float], float]]],
 
 
 def run_compare(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Path, comm,
-                only: int | None = None) -> int:
+                only: int | None = None, overrides: Sequence[str] = ()) -> int:
     """Run every (algorithm, seed) with all ranks, one after another; rank 0 prints the table.
 
     `only` runs just that entry of the plan (a job-array task) and prints no table.
     """
     from fedast_mpi.launch import run_job
-    runs = plan(cfg, algorithms, seeds)
+    runs = plan(cfg, algorithms, seeds, overrides)
     if only is not None and not 0 <= only < len(runs):
         raise ConfigError(f"--only: {only} is outside the plan's 0..{len(runs) - 1}")
     for index, (algorithm, seed, run_cfg) in enumerate(runs):
@@ -138,16 +143,17 @@ def run_compare(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Pat
         if code:
             return code
     if comm.rank == 0 and only is None:
-        write_summary(cfg, algorithms, seeds, out_dir)
+        write_summary(cfg, algorithms, seeds, out_dir, overrides)
     return 0
 
 
-def write_summary(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Path) -> None:
+def write_summary(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Path,
+                  overrides: Sequence[str] = ()) -> None:
     """Read the comparison's run files; print and write compare.md and compare.csv."""
     import csv
     from fedast_mpi.schema import RUN_FILE
     results: dict = {}
-    for algorithm, seed, _ in plan(cfg, algorithms, seeds):
+    for algorithm, seed, _ in plan(cfg, algorithms, seeds, overrides):
         path = out_dir / run_name(algorithm, seed) / RUN_FILE
         if not path.exists():
             raise ConfigError(f"{path}: missing; run the comparison (or its array task) first")

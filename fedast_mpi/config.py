@@ -511,6 +511,13 @@ class TaskConfig(_Section):
         if self.partition.kind not in spec.partitions:
             _fail("partition.kind", f"{self.partition.kind!r} is not a partition of dataset "
                                     f"{self.dataset!r} (known: {', '.join(spec.partitions)})")
+        if not spec.embedded and self.data_dir is None:
+            _fail("data_dir", f"dataset {self.dataset!r} reads its standard files from a "
+                              f"directory (fedast-mpi data download {self.dataset} --to DIR)")
+        if (self.dataset == "shakespeare" and self.partition.kind == "natural"
+                and self.partition.samples_per_client is not None):
+            _fail("partition.samples_per_client", "must be null with kind 'natural': each "
+                                                  "client holds one LEAF user's samples")
         model = catalog.MODELS.get(self.model)
         if model is None:
             _fail("model", f"unknown model {self.model!r} (known: {', '.join(catalog.MODELS)})")

@@ -463,6 +463,7 @@ class ServerBase:
     def reject(self, req: Request) -> None:
         """A scheduled request that is never trained (beyond first-k): logged at its finish time."""
         req.rejected = True
+        req.worker = -1  # never trained anywhere (its /events row says worker -1)
         heapq.heappush(self.phantoms if self.real else self.heap, (req.finish_time, req.id, req))
 
     # -- the end -------------------------------------------------------------------

@@ -109,3 +109,13 @@ def test_array_tasks_then_summary(tmp_path):
     summary = launch(0, "compare", *common, "--summarize")
     assert summary.rc == 0 and "gain of fedast" in summary.stdout
     assert (out / "compare.md").read_text().count("| sync |") == 1
+
+
+def test_command_line_overrides_win_over_the_compare_section():
+    cfg = load_config(CONFIG)
+    cfg = cfg.__class__(**{**{f: getattr(cfg, f) for f in ("run", "algorithm", "clients", "tasks")},
+                           "compare": {"sync": {"run.max_time": 99999}}})
+    runs = {a: c for a, _, c in plan(cfg, ["fedast", "sync"], 1, ["run.max_time=50"])}
+    assert runs["sync"].run.max_time == 50 and runs["fedast"].run.max_time == 50
+    runs = {a: c for a, _, c in plan(cfg, ["sync"], 1)}
+    assert runs["sync"].run.max_time == 99999

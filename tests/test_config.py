@@ -210,7 +210,8 @@ BAD = [
     ("tasks.0.partition.alpha", 0, "tasks.0.partition.alpha: must be > 0"),
     ("tasks.0.partition.samples_per_client", 0, "tasks.0.partition.samples_per_client: must be >= 1"),
     # catalog
-    ("tasks.0.dataset", "mnist-x", "tasks.0.dataset: unknown dataset 'mnist-x' (known: digits, synthetic)"),
+    ("tasks.0.dataset", "mnist-x", "tasks.0.dataset: unknown dataset 'mnist-x' (known: digits, synthetic, mnist"),
+    ("tasks.0.dataset", "mnist", "tasks.0.data_dir: dataset 'mnist' reads its standard files"),
     ("tasks.0.model", "resnet", "tasks.0.model: unknown model 'resnet'"),
     ("tasks.0.dataset_args", {"foo": 1}, "tasks.0.dataset_args.foo: unknown key (known: test_fraction)"),
     ("tasks.0.dataset_args", {"test_fraction": "x"}, "tasks.0.dataset_args.test_fraction: expected a number"),

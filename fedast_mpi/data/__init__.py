@@ -2,15 +2,16 @@
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedast_mpi import seeding
 from fedast_mpi.catalog import DATASETS
-from fedast_mpi.data import digits, synthetic
+from fedast_mpi.data import cifar, digits, idx, leaf, synthetic
 from fedast_mpi.data.partition import dirichlet_partition, iid_partition
-from fedast_mpi.errors import ConfigError
+from fedast_mpi.errors import ConfigError, DataError
 
 SYNTHETIC_DEFAULT_SAMPLES = 50
 
@@ -60,7 +61,13 @@ def load_task_data(task, n_clients: int, seed: int) -> TaskData:
         raise ConfigError(f"dataset {name!r} does not support partition {part.kind!r}")
     args = {**DATASETS[name].args, **args}
     spc = part.samples_per_client
-    if name == "digits":
+    users = None
+    if not DATASETS[name].embedded:
+        tx, ty, vx, vy, input_shape, n_classes, users = _read_files(name, task)
+        if part.kind == "natural" and spc is not None:
+            raise ConfigError(f"dataset {name!r}: partition 'natural' gives each client its LEAF user's "
+                              f"samples; samples_per_client must be null, got {spc}")
+    elif name == "digits":
         tx, ty, vx, vy = digits.load(args["test_fraction"])
         input_shape, n_classes = digits.INPUT_SHAPE, digits.N_CLASSES
     else:
@@ -71,7 +78,9 @@ def load_task_data(task, n_clients: int, seed: int) -> TaskData:
         spc = gen_spc
     rng = seeding.generator(seed, seeding.PARTITION, stream_key(
         dataset=name, args=args, kind=part.kind, alpha=part.alpha, samples_per_client=part.samples_per_client))
-    if part.kind == "natural":
+    if part.kind == "natural" and users is not None:
+        shards = leaf.natural_partition(users, n_clients, rng)
+    elif part.kind == "natural":
         shards = [np.arange(k * spc, (k + 1) * spc, dtype=np.int64) for k in range(n_clients)]
     elif part.kind == "iid":
         shards = iid_partition(len(ty), n_clients, spc, rng)
@@ -79,3 +88,29 @@ def load_task_data(task, n_clients: int, seed: int) -> TaskData:
         shards = dirichlet_partition(ty, n_clients, part.alpha, spc, rng)
     return TaskData(torch.from_numpy(tx), torch.from_numpy(ty), torch.from_numpy(vx), torch.from_numpy(vy),
                     tuple(shards), tuple(input_shape), n_classes)
+
+
+def _data_dir(name: str, task) -> Path:
+    """The task's data_dir as an existing directory (ConfigError when unset, DataError when absent)."""
+    data_dir = getattr(task, "data_dir", None)
+    if data_dir is None or str(data_dir) == "":
+        raise ConfigError(f"dataset {name!r} reads its standard files from data_dir, which is not set "
+                          f"(get them with `fedast-mpi data download {name} --to DIR`)")
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        what = "not a directory" if path.exists() else "no such directory"
+        raise DataError(f"{path}: {what} (data_dir of dataset {name!r})")
+    return path
+
+
+def _read_files(name: str, task):
+    """(train_x, train_y, test_x, test_y, input_shape, n_classes, leaf users or None) of a file dataset."""
+    path = _data_dir(name, task)
+    if name in ("mnist", "fmnist"):
+        return (*idx.load(name, path), idx.INPUT_SHAPE, idx.N_CLASSES, None)
+    if name in cifar.SPECS:
+        return (*cifar.load(name, path), cifar.INPUT_SHAPE, cifar.SPECS[name].n_classes, None)
+    if name == "shakespeare":
+        d = leaf.load(path)
+        return d.train_x, d.train_y, d.test_x, d.test_y, leaf.INPUT_SHAPE, leaf.N_CLASSES, d.users
+    raise DataError(f"dataset {name!r} has no reader")

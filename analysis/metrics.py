@@ -1,0 +1,157 @@
+"""The paper's metric (PAPER.md §5.6) computed from run files.
+
+Reimplements the few lines of `fedast_mpi.compare.read_times` / `summarize` (which import the
+config machinery, so not importable here): the time to target of a task is the simulated time of
+its first evaluation with accuracy >= target (the task's `reached_time` attribute; here it is
+recomputed from `/tasks/<name>/eval` and cross-checked), the time to completion is the largest of
+them (inf if a task never reached its target), and the gain of a reference algorithm over a
+baseline is (T_baseline − T_reference) / T_baseline on the time to completion of the same seed,
+reported as mean and sample standard deviation (ddof=1) over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .runs import AnalysisError, Run
+
+RTOL = 1e-9  # relative tolerance of the reached_time cross-check
+
+
+def time_to_target(eval_rows: np.ndarray, target: float) -> float:
+    """Simulated time of the first eval row with accuracy >= target; inf when there is none."""
+    if len(eval_rows) == 0 or not math.isfinite(target):
+        return math.inf
+    hit = np.flatnonzero(np.asarray(eval_rows["accuracy"]) >= target)
+    return float(eval_rows["time"][hit[0]]) if len(hit) else math.inf
+
+
+def task_times(run: Run) -> dict[str, float]:
+    """Time to target of every task of a run (recomputed from eval), inf when not reached."""
+    return {t.name: time_to_target(t.eval, t.target) for t in run.tasks}
+
+
+def completion(times: Iterable[float]) -> float:
+    """Time to completion: the last task's time to target (inf if any is not reached)."""
+    values = list(times)
+    return max(values) if values else math.nan
+
+
+def check_reached(run: Run) -> list[str]:
+    """Disagreements between the `reached_time` attribute and the time recomputed from eval.
+
+    A live file may legitimately have the attribute set before the eval row that triggered it
+    is flushed; those are reported too (the caller says the run is still running).
+    """
+    problems = []
+    for t in run.tasks:
+        recomputed = time_to_target(t.eval, t.target)
+        attr = t.reached_time
+        attr_inf = math.isnan(attr)
+        if attr_inf and math.isinf(recomputed):
+            continue
+        if attr_inf != math.isinf(recomputed) or not math.isclose(attr, recomputed,
+                                                                   rel_tol=RTOL, abs_tol=1e-12):
+            problems.append(f"{run.path}: task {t.name}: reached_time attribute "
+                            f"{'NaN' if attr_inf else f'{attr:.6g}'} but the eval table gives "
+                            f"{recomputed:.6g}")
+    return problems
+
+
+def gain(t_baseline: float, t_reference: float) -> float:
+    """(T_baseline − T_reference) / T_baseline; NaN when either time is not finite."""
+    if not (math.isfinite(t_baseline) and math.isfinite(t_reference)) or t_baseline == 0:
+        return math.nan
+    return (t_baseline - t_reference) / t_baseline
+
+
+def gain_lower_bound(baseline_end: float, t_reference: float) -> float:
+    """A lower bound of the gain when the baseline stopped at `baseline_end` without reaching
+    its target: its time to completion is > baseline_end."""
+    if not (math.isfinite(baseline_end) and math.isfinite(t_reference)) or baseline_end <= 0:
+        return math.nan
+    return (baseline_end - t_reference) / baseline_end
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std (ddof=1; NaN with one value) of the finite values, and how many of
+    the values were not finite (task or run that did not reach its target)."""
+
+    mean: float
+    std: float
+    n: int
+    n_missing: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Stat":
+        vals = np.asarray(list(values), dtype=float)
+        finite = vals[np.isfinite(vals)]
+        n_missing = int(len(vals) - len(finite))
+        if len(finite) == 0:
+            return cls(math.nan, math.nan, 0, n_missing)
+        std = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+        return cls(float(np.mean(finite)), std, int(len(finite)), n_missing)
+
+    def format(self, scale: float = 1.0, unit: str = "", digits: int = 1) -> str:
+        if self.n == 0:
+            return "not reached" if self.n_missing else "—"
+        text = f"{self.mean * scale:.{digits}f}"
+        if math.isfinite(self.std):
+            text += f" ± {self.std * scale:.{digits}f}"
+        text += unit
+        if self.n_missing:
+            text += f" ({self.n_missing} not reached)"
+        return text
+
+
+def group_runs(runs: Iterable[Run]) -> dict[str, dict[int, Run]]:
+    """Runs by algorithm then seed (algorithms in first-seen order, seeds sorted).
+
+    Two runs with the same (algorithm, seed) are an error: the metric pairs runs by seed.
+    """
+    groups: dict[str, dict[int, Run]] = {}
+    for run in runs:
+        by_seed = groups.setdefault(run.algorithm, {})
+        if run.seed in by_seed:
+            raise AnalysisError(f"two runs of {run.algorithm} with seed {run.seed}: "
+                                f"{by_seed[run.seed].path} and {run.path}; "
+                                f"report them separately")
+        by_seed[run.seed] = run
+    return {a: dict(sorted(s.items())) for a, s in groups.items()}
+
+
+@dataclass
+class RunTimes:
+    """Times of one run: per task time to target, completion."""
+
+    run: Run
+    tasks: dict[str, float]
+    completion: float
+
+
+def run_times(run: Run) -> RunTimes:
+    times = task_times(run)
+    return RunTimes(run, times, completion(times.values()))
+
+
+def paired_gains(reference: dict[int, RunTimes], baseline: dict[int, RunTimes],
+                 task: str | None = None) -> tuple[list[float], list[float]]:
+    """Per common seed, the gain of `reference` over `baseline` on completion (or on `task`'s
+    time to target), and, for seeds where only the baseline missed its target, lower bounds."""
+    gains, bounds = [], []
+    for seed in sorted(set(reference) & set(baseline)):
+        ref, base = reference[seed], baseline[seed]
+        t_ref = ref.completion if task is None else ref.tasks.get(task, math.nan)
+        t_base = base.completion if task is None else base.tasks.get(task, math.nan)
+        if math.isfinite(t_base):
+            gains.append(gain(t_base, t_ref))
+        elif math.isinf(t_base) and math.isfinite(t_ref):
+            bounds.append(gain_lower_bound(base.run.end_time, t_ref))
+        else:
+            gains.append(math.nan)
+    return gains, bounds
