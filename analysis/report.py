@@ -111,7 +111,7 @@ def build_report(runs: list[Run], reference: str | None = None,
 
 
 def markdown(rep: dict, figure_files: Sequence[Path] = ()) -> str:
-    groups, times, tasks = rep["groups"], rep["times"], rep["tasks"]
+    times, tasks = rep["times"], rep["tasks"]
     ref, baselines = rep["reference"], rep["baselines"]
     lines = ["# fedast-mpi report", "",
              "Simulated time. Time to target: first evaluation with accuracy ≥ the task's "

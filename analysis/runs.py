@@ -158,15 +158,6 @@ def find_run_files(paths: Iterable) -> list[Path]:
     return unique
 
 
-def _open(path: Path) -> h5py.File:
-    try:
-        return h5py.File(path, "r", locking=False)
-    except (TypeError, ValueError) as e:  # h5py/HDF5 without the locking option
-        if "locking" not in str(e):
-            raise
-        return h5py.File(path, "r")
-
-
 def _table(f: h5py.File, path: str, dtype: np.dtype) -> np.ndarray:
     """A 1-D table as an array of `dtype` (empty when the dataset is absent)."""
     if path not in f:
@@ -212,36 +203,22 @@ def _read(f: h5py.File, path: Path) -> Run:
 
 
 def load_run(path, attempts: int = READ_ATTEMPTS, delay: float = RETRY_DELAY) -> Run:
-    """Read a run file (or RUN_DIR/run.h5), checking its schema; retried while being written."""
+    """Read a run file (or RUN_DIR/run.h5), checking its schema; retried while being written.
+
+    Opening and the checks (missing, not HDF5, foreign or checkpoint schema) are the run
+    log's own `open_run` (h5py only); a read that overlaps the writer's flush is retried.
+    """
+    from fedast_mpi.runlog import RunFileError, open_run
     p = run_file_path(path)
-    if not p.exists():
-        raise AnalysisError(f"{p}: no such run file")
-    if not p.is_file():
-        raise AnalysisError(f"{p}: not a regular file")
-    try:
-        is_h5 = h5py.is_hdf5(p)
-    except OSError as e:
-        raise AnalysisError(f"{p}: cannot read: {e.strerror or e}") from None
-    if not is_h5:
-        raise AnalysisError(f"{p}: not an HDF5 file (expected a fedast-mpi run file)")
     last = None
     for attempt in range(max(1, attempts)):
         if attempt:
             time.sleep(delay)
         try:
-            with _open(p) as f:
-                if "schema" not in f.attrs:
-                    raise AnalysisError(f"{p}: HDF5 file without a schema attribute; "
-                                        f"not a fedast-mpi run file")
-                found = _as_str(f.attrs["schema"])
-                if found != schema.RUN_SCHEMA:
-                    what = " (a checkpoint, not a run file)" \
-                        if found == schema.CHECKPOINT_SCHEMA else ""
-                    raise AnalysisError(f"{p}: has schema {found!r}{what}, "
-                                        f"expected {schema.RUN_SCHEMA!r}")
+            with open_run(p) as f:
                 return _read(f, p)
-        except AnalysisError:
-            raise
+        except RunFileError as e:
+            raise AnalysisError(str(e)) from None
         except (OSError, KeyError, RuntimeError, ValueError) as e:  # a read overlapping a flush
             last = e
     raise AnalysisError(f"{p}: cannot read the run file ({last}); "

@@ -27,7 +27,7 @@ from fedast_mpi import seeding  # noqa: E402
 from fedast_mpi.runner import TaskRunner  # noqa: E402
 from fedast_mpi.schema import RUN_FILE  # noqa: E402
 
-from inprocess import (EQUAL_DELAY, EQUAL_TIERS, RUN_SEED, digits_task,  # noqa: E402
+from inprocess import (EQUAL_DELAY, EQUAL_TIERS, digits_task,  # noqa: E402
                        make_config, run_and_read)
 
 
