@@ -283,14 +283,16 @@ class Reallocator:
 
     def __init__(self, *, variant: str, window: int, period_factor: float, r_to_b: float,
                  n_params: Sequence[int], masks: Sequence[np.ndarray | None],
-                 hyper: Sequence[tuple[float, float, int]], initial_requests: Sequence[int]):
+                 hyper: Sequence[tuple[float, float, int]], initial_requests: Sequence[int],
+                 initial_buffers: Sequence[int]):
         if variant not in VARIANTS:
             raise ValueError(f"unknown Realloc variant {variant!r}; expected one of {VARIANTS}")
         if window < 2:
             raise ValueError(f"window must be >= 2, got {window}")
         m = len(n_params)
-        if not (len(masks) == len(hyper) == len(initial_requests) == m):
-            raise ValueError("n_params, masks, hyper and initial_requests must have equal length")
+        if not (len(masks) == len(hyper) == len(initial_requests) == len(initial_buffers) == m):
+            raise ValueError("n_params, masks, hyper, initial_requests and initial_buffers "
+                             "must have equal length")
         self.variant = variant
         self.window = int(window)
         self.period_factor = float(period_factor)
@@ -303,6 +305,7 @@ class Reallocator:
                 raise ValueError(f"mask shape {mk.shape} does not match {d} parameters")
         self.hyper = [(float(g), float(lr), int(t)) for g, lr, t in hyper]
         self.initial_requests = [int(r) for r in initial_requests]
+        self.initial_buffers = [int(b) for b in initial_buffers]
         self._rings: list[np.ndarray | None] = [np.zeros((self.window, d), dtype=np.float32)
                                                 for d in self.n_params]
         self._head = [0] * m   # next slot to write
@@ -386,7 +389,8 @@ class Reallocator:
         """Run Realloc: (new requests, new buffer sizes, σ² used); resets c.
 
         The total over unfinished tasks is kept exactly; finished tasks get 0 requests and keep
-        their buffer. Paper: buffers rescaled with R/b fixed. Code: buffers unchanged (the server
+        their buffer. Paper: b keeps each task's initial R/b ratio, computed from the initial
+        values every time so that rounding never accumulates. Code: buffers unchanged (the server
         applies `code_buffer` after each update) and the samples are cleared (windows stay).
         """
         active = [not f for f in finished]
@@ -397,7 +401,8 @@ class Reallocator:
             new = allocate_paper(total, sigma2, active)
             for m, a in enumerate(active):
                 if a:
-                    buffers[m] = rescale_buffer(buffers[m], int(requests[m]), new[m])
+                    buffers[m] = rescale_buffer(self.initial_buffers[m], self.initial_requests[m],
+                                                new[m])
         else:
             new = allocate_code(total, sigma2, active, self.chunk)
             for s in self._samples:

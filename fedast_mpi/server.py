@@ -75,7 +75,6 @@ class TaskState:
         self.staleness: list[int] = []
         self.requests = cfg.requests
         self.buffer_size = cfg.buffer_size
-        self.ratio = cfg.requests / cfg.buffer_size
         self.outstanding: dict[int, Request] = {}
         self.reserved = 0
         self.updates = 0
@@ -108,7 +107,7 @@ class TaskState:
                            else np.zeros((0, d), np.float32)),
                 "buffer_meta": meta, "staleness": np.array(self.staleness, np.int64),
                 "requests": self.requests, "buffer_size": self.buffer_size,
-                "ratio": float(self.ratio), "outstanding": np.array(sorted(self.outstanding), np.int64),
+                "outstanding": np.array(sorted(self.outstanding), np.int64),
                 "reserved": self.reserved, "updates": self.updates, "finished": self.finished,
                 "reached_time": float(self.reached_time), "accuracy": float(self.accuracy)}
 
@@ -123,7 +122,6 @@ class TaskState:
                        for m, delta in zip(state["buffer_meta"], state["buffer"])]
         self.staleness = [int(x) for x in state["staleness"]]
         self.requests, self.buffer_size = int(state["requests"]), int(state["buffer_size"])
-        self.ratio = float(state["ratio"])
         self.outstanding = {int(r): requests[int(r)] for r in state["outstanding"]}
         self.reserved, self.updates = int(state["reserved"]), int(state["updates"])
         self.finished = bool(state["finished"])

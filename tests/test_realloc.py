@@ -209,10 +209,11 @@ def test_replacement_count_unknown_variant():
 # Reallocator
 
 
-def _make(variant, window=3, d=(5, 4), initial=(4, 4), hyper=None, masks=None):
+def _make(variant, window=3, d=(5, 4), initial=(4, 4), hyper=None, masks=None, buffers=None):
     return Reallocator(variant=variant, window=window, period_factor=0.75, r_to_b=2.0,
                        n_params=list(d), masks=masks or [None] * len(d),
-                       hyper=hyper or [(1.0, 0.1, 2)] * len(d), initial_requests=list(initial))
+                       hyper=hyper or [(1.0, 0.1, 2)] * len(d), initial_requests=list(initial),
+                       initial_buffers=list(buffers or [2] * len(d)))
 
 
 def _deltas(seed, n, d):
@@ -295,7 +296,7 @@ def _fill_both(ra, seed, n=9):
 
 @pytest.mark.parametrize("variant", ["paper", "code"])
 def test_reallocate_preserves_total_and_resets(variant):
-    ra = _make(variant, d=(5, 4, 3), initial=(4, 4, 4))
+    ra = _make(variant, d=(5, 4, 3), initial=(5, 6, 7), buffers=(2, 3, 4))
     _fill_both(ra, 9)
     before = ra.counter
     assert before > 0
@@ -305,6 +306,10 @@ def test_reallocate_preserves_total_and_resets(variant):
     assert ra.counter == 0
     if variant == "paper":
         assert buffers[:2] == [rescale_buffer(2, 5, new[0]), rescale_buffer(3, 6, new[1])]
+        # later rounds rescale from the initial R/b again: the rounding never drifts
+        _fill_both(ra, 9)
+        new2, buffers2, _ = ra.reallocate(new, buffers, [False, False, True])
+        assert buffers2[:2] == [rescale_buffer(2, 5, new2[0]), rescale_buffer(3, 6, new2[1])]
     else:
         assert buffers == [2, 3, 4]
         assert all(math.isnan(e) for e in ra.estimates([False, False, False]))  # samples cleared
@@ -315,7 +320,7 @@ def test_reallocate_preserves_total_and_resets(variant):
 def test_reallocate_code_chunks():
     ra = Reallocator(variant="code", window=3, period_factor=0.75, r_to_b=32.0, n_params=[5, 4],
                      masks=[None, None], hyper=[(0.1, 0.1, 27), (0.1, 7.0, 27)],
-                     initial_requests=[96, 96])
+                     initial_requests=[96, 96], initial_buffers=[3, 3])
     _fill_both(ra, 11)
     new, _, sig = ra.reallocate([96, 96], [3, 3], [False, False])
     assert sum(new) == 192 and all(r % 32 == 0 and r >= 32 for r in new)

@@ -20,6 +20,7 @@ class FedAST(ServerBase):
         self.dynamic = algo.allocation == "dynamic"
         self.variant = algo.realloc.variant
         self.fedasync = algo.name == "fedasync"
+        self.nobuffer = algo.name in ("fedast-nobuffer", "fedasync")
         self.reallocator = None
         if self.dynamic:
             self.reallocator = realloc.Reallocator(
@@ -28,7 +29,8 @@ class FedAST(ServerBase):
                 n_params=runner.n_params,
                 masks=[runner.weight_mask(i) for i in range(len(cfg.tasks))],
                 hyper=[(t.global_lr, t.local_lr, t.local_steps) for t in cfg.tasks],
-                initial_requests=[t.requests for t in cfg.tasks])
+                initial_requests=[t.requests for t in cfg.tasks],
+                initial_buffers=[t.buffer_size for t in cfg.tasks])
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -89,17 +91,14 @@ class FedAST(ServerBase):
             [t.requests for t in self.tasks], [t.buffer_size for t in self.tasks], finished)
         for t, r, b, s2 in zip(self.tasks, requests, buffers, sigma2):
             if not t.finished:
-                t.requests = r
-                # paper: R/b fixed at the task's own ratio (rescaling b step by step would let
-                # the rounding drift); code: b follows the outstanding count after each update
-                t.buffer_size = self.buffer_for(t) if self.variant == "paper" else b
+                t.requests, t.buffer_size = r, (1 if self.nobuffer else b)
             self.log_allocation(t, s2)
 
     def buffer_for(self, t: TaskState) -> int:
-        """b_m for the current R_m at the task's fixed R/b ratio (b = 1 without a buffer)."""
-        if self.cfg.algorithm.name in ("fedast-nobuffer", "fedasync"):
+        """b_m for the current R_m at the task's initial R/b ratio (b = 1 without a buffer)."""
+        if self.nobuffer:
             return 1
-        return max(1, round(t.requests / t.ratio))
+        return realloc.rescale_buffer(t.cfg.buffer_size, t.cfg.requests, t.requests)
 
     def after_batch(self) -> None:
         pending, self.to_dispatch = self.to_dispatch, []
