@@ -276,6 +276,11 @@ class RunConfig(_Section):
     """Simulated time at which the run stops (> 0); null (stored as inf) is unbounded."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where workers train: `auto` picks CUDA when present."""
+    batch_requests: int = 0
+    """Requests of one task trained together with vmap (fedast_mpi.grouping): 0 = auto
+    (16 for small models on a GPU, 1 on a CPU, where it doesn't pay), 1 = one at a time,
+    N = groups of up to N. Groups are formed by rank 0, so results stay independent of
+    the number of ranks; batched deltas equal one-at-a-time ones to float tolerance."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoint schedule."""
     log_every: float = 2.0
@@ -285,6 +290,7 @@ class RunConfig(_Section):
         if not self.name.strip():
             _fail("name", "must not be empty")
         _positive("time_scale", self.time_scale)
+        _non_negative("batch_requests", self.batch_requests)
         _positive("max_time", self.max_time)
         _non_negative("log_every", self.log_every)
 

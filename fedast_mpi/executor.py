@@ -48,28 +48,42 @@ class InProcessExecutor:
 
     def __init__(self, runner):
         self.runner = runner
-        self.pending: dict[int, tuple] = {}
+        self.pending: dict[int, list[tuple]] = {}  # request id -> its group's (req, model)
+        self.done: dict[int, Update] = {}  # trained with an earlier member of their group
         self.due: list[tuple[float, int]] = []
         self.wait = WaitClock()
         self.compute_seconds = 0.0
 
     def submit(self, req, model: np.ndarray, release_wall: float = 0.0) -> None:
-        req.worker = 0
-        self.pending[req.id] = (req, model)
-        heapq.heappush(self.due, (release_wall, req.id))
+        self.submit_group([(req, model, release_wall)])
+
+    def submit_group(self, items: list[tuple]) -> None:
+        """(req, model, release_wall) items trained together when the first is needed."""
+        members = [(req, model) for req, model, _ in items]
+        for req, _, release_wall in items:
+            req.worker = 0
+            self.pending[req.id] = members
+            heapq.heappush(self.due, (release_wall, req.id))
 
     def _run(self, rid: int) -> Update:
-        req, model = self.pending.pop(rid)
+        if rid in self.done:
+            return self.done.pop(rid)
+        members = self.pending[rid]
+        task = members[0][0].task
         start = time.perf_counter()
-        delta, loss, n = self.runner.train(req.task, req.client, model, req.seed)
+        results = self.runner.train_group(task, [(req.client, model, req.seed)
+                                                 for req, model in members])
         self.compute_seconds += time.perf_counter() - start
-        return Update(req.id, req.task, 0, loss, n, delta)
+        for (req, _), (delta, loss, n) in zip(members, results):
+            if self.pending.pop(req.id, None) is not None:
+                self.done[req.id] = Update(req.id, task, 0, loss, n, delta)
+        return self.done.pop(rid)
 
     def wait_for(self, rid: int) -> Update:
         return self._run(rid)
 
     def poll(self, timeout: float) -> list[Update]:
-        while self.due and self.due[0][1] not in self.pending:
+        while self.due and self.due[0][1] not in self.pending and self.due[0][1] not in self.done:
             heapq.heappop(self.due)
         if not self.due:
             return []
@@ -80,19 +94,23 @@ class InProcessExecutor:
         out = []
         while self.due and self.due[0][0] <= time.time():
             _, rid = heapq.heappop(self.due)
-            if rid in self.pending:
+            if rid in self.pending or rid in self.done:
                 out.append(self._run(rid))
         return out
 
     def discard(self, rid: int) -> None:
         self.pending.pop(rid, None)
+        self.done.pop(rid, None)
 
     def free(self, upd: Update) -> None:
         pass
 
     def cancel_task(self, task: int) -> None:
-        for rid in [r for r, (req, _) in self.pending.items() if req.task == task]:
+        for rid in [r for r, members in self.pending.items() if members[0][0].task == task]:
             del self.pending[rid]
+        for rid in [r for r, u in self.done.items() if u.task == task]:
+            del self.done[rid]
 
     def shutdown(self, code: int = 0) -> None:
         self.pending.clear()
+        self.done.clear()

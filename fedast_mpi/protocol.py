@@ -5,6 +5,10 @@ followed by the model's flat float32 vector on TAG_MODEL. Messages between
 one pair of ranks are non-overtaking, so a model always arrives before the
 requests that need it.
 
+A REQUEST with group_size g > 1 is one of g consecutive REQUESTs (same task,
+sorted by request id; only MODEL messages may come between them) that the
+worker trains as one batch (fedast_mpi.grouping, fedast_mpi.batched).
+
 Worker -> server: one message per update on TAG_UPDATE + task: UPDATE_HEADER
 bytes followed by the flat float32 delta, received straight into a landing
 slot of that task's pool (the FedAST buffer holds the slot: no copy). A worker
@@ -31,7 +35,7 @@ CANCEL_TASK = 3
 STOP = 4
 
 CTRL_DTYPE = np.dtype([
-    ("kind", "<i4"), ("task", "<i4"), ("client", "<i4"), ("pad", "<i4"),
+    ("kind", "<i4"), ("task", "<i4"), ("client", "<i4"), ("group_size", "<i4"),
     ("request", "<i8"), ("version", "<i8"), ("seed", "<i8"),
     ("finish_time", "<f8"), ("release_wall", "<f8"), ("n_params", "<i8"),
 ])

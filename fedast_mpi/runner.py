@@ -9,6 +9,7 @@ from fedast_mpi import seeding
 from fedast_mpi.data import TaskData, load_task_data
 from fedast_mpi.models import build_model
 from fedast_mpi.params import FlatModel
+from fedast_mpi.batched import batchable, local_train_batch
 from fedast_mpi.training import evaluate, local_train
 
 
@@ -36,6 +37,7 @@ class TaskRunner:
                 module = module.to(self.device)
             self.data.append(data)
             self.models.append(FlatModel(module))
+        self.batchable = [batchable(fm.module) for fm in self.models]
 
     @property
     def n_params(self) -> list[int]:
@@ -45,14 +47,33 @@ class TaskRunner:
         """The task's version-0 model as a flat float32 vector."""
         return self.models[task].numpy()
 
-    def train(self, task: int, client: int, model: np.ndarray, seed: int):
+    def train(self, task: int, client: int, model: np.ndarray, seed: int,
+              out: np.ndarray | None = None):
         """One request: tau local SGD steps of `client` on `task` from `model`."""
         cfg = self.cfg.tasks[task]
         data = self.data[task]
         return local_train(self.models[task], model, data.train_x, data.train_y,
                            data.shards[client], steps=cfg.local_steps,
                            batch_size=cfg.batch_size, lr=cfg.local_lr,
-                           weight_decay=cfg.weight_decay, seed=seed)
+                           weight_decay=cfg.weight_decay, seed=seed, out=out)
+
+    def train_group(self, task: int, items: list[tuple[int, np.ndarray, int]],
+                    outs: list | None = None) -> list[tuple[np.ndarray, float, int]]:
+        """Requests (client, model, seed) of one task, batched with vmap when the model allows.
+
+        A model vmap can't train well (fedast_mpi.batched.batchable) runs them one at a
+        time: the grouping still decides which requests go together, nothing else.
+        """
+        if len(items) == 1 or not self.batchable[task]:
+            outs = outs or [None] * len(items)
+            return [self.train(task, c, m, s, o) for (c, m, s), o in zip(items, outs)]
+        cfg = self.cfg.tasks[task]
+        data = self.data[task]
+        return local_train_batch(self.models[task], [m for _, m, _ in items], data.train_x,
+                                 data.train_y, [data.shards[c] for c, _, _ in items],
+                                 [s for _, _, s in items], steps=cfg.local_steps,
+                                 batch_size=cfg.batch_size, lr=cfg.local_lr,
+                                 weight_decay=cfg.weight_decay, outs=outs)
 
     def evaluate(self, task: int, model: np.ndarray) -> tuple[float, float]:
         """(accuracy, mean loss) of `model` on the task's test set."""

@@ -25,6 +25,8 @@ from fedast_mpi.h5tree import rng_state, set_rng_state
 from fedast_mpi.aggregation import server_step, split_budget
 from fedast_mpi.clients import ClientPool, DelayModel, assign_tiers
 from fedast_mpi.errors import FedastError
+from fedast_mpi.executor import Update
+from fedast_mpi.grouping import Grouper, group_sizes
 
 NAN = float("nan")
 
@@ -32,7 +34,7 @@ REQUEST_DTYPE = np.dtype([
     ("id", "<i8"), ("task", "<i4"), ("client", "<i4"), ("base_version", "<i8"),
     ("dispatch_time", "<f8"), ("finish_time", "<f8"), ("seed", "<i8"), ("start_time", "<f8"),
     ("worker", "<i4"), ("cancelled", "?"), ("rejected", "?"),
-    ("in_heap", "?"), ("in_phantoms", "?"), ("in_outstanding", "?"),
+    ("in_heap", "?"), ("in_phantoms", "?"), ("in_outstanding", "?"), ("group", "<i8"),
 ])
 UPDATE_META_DTYPE = np.dtype([("request", "<i8"), ("worker", "<i4"), ("train_loss", "<f8"),
                               ("n_samples", "<i8")])
@@ -58,6 +60,8 @@ class Request:
     cancelled: bool = False
     rejected: bool = False
     """Never computed: beyond first-k in a sync round (its client stays busy)."""
+    group: int = -1
+    """Id of the group it was sent (and trained) with; -1 while not sent (fedast_mpi.grouping)."""
 
 
 class TaskState:
@@ -97,29 +101,22 @@ class TaskState:
 
     def state_dict(self) -> dict:
         """Everything but the Request objects (the server stores those once, by id)."""
-        d = self.model.size
-        meta = np.array([(u.request, u.worker, u.train_loss, u.n_samples) for u in self.buffer],
-                        UPDATE_META_DTYPE)
+        meta, deltas = pack_updates(self.buffer, self.model.size)
         return {"version": self.version,
                 "versions": {str(v): m for v, m in self.versions.items()},
                 "refs": json.dumps({str(v): n for v, n in self.refs.items()}),
-                "buffer": (np.stack([np.asarray(u.delta) for u in self.buffer]) if self.buffer
-                           else np.zeros((0, d), np.float32)),
-                "buffer_meta": meta, "staleness": np.array(self.staleness, np.int64),
+                "buffer": deltas, "buffer_meta": meta, "staleness": np.array(self.staleness, np.int64),
                 "requests": self.requests, "buffer_size": self.buffer_size,
                 "outstanding": np.array(sorted(self.outstanding), np.int64),
                 "reserved": self.reserved, "updates": self.updates, "finished": self.finished,
                 "reached_time": float(self.reached_time), "accuracy": float(self.accuracy)}
 
     def load_state_dict(self, state: dict, requests: dict[int, "Request"]) -> None:
-        from fedast_mpi.executor import Update
         self.versions = {int(v): np.asarray(m, np.float32) for v, m in state["versions"].items()}
         self.version = int(state["version"])
         self.model = self.versions[self.version]
         self.refs = {int(v): int(n) for v, n in json.loads(state["refs"]).items()}
-        self.buffer = [Update(int(m["request"]), self.index, int(m["worker"]), float(m["train_loss"]),
-                              int(m["n_samples"]), np.array(delta, np.float32))
-                       for m, delta in zip(state["buffer_meta"], state["buffer"])]
+        self.buffer = unpack_updates(self.index, state["buffer_meta"], state["buffer"])
         self.staleness = [int(x) for x in state["staleness"]]
         self.requests, self.buffer_size = int(state["requests"]), int(state["buffer_size"])
         self.outstanding = {int(r): requests[int(r)] for r in state["outstanding"]}
@@ -143,7 +140,8 @@ class ServerBase:
                  fresh: bool = True):
         self.cfg = cfg
         self.runner = runner
-        self.executor = executor
+        self.group_sizes = group_sizes(cfg.run.batch_requests, runner.device.type, runner.models)
+        self.executor = Grouper(executor, self.group_sizes)
         self.log = runlog
         self.progress = progress
         self.real = cfg.run.clock == "real"
@@ -264,10 +262,11 @@ class ServerBase:
         table = np.array([(r.id, r.task, r.client, r.base_version, r.dispatch_time, r.finish_time,
                            r.seed, r.start_time, r.worker, r.cancelled, r.rejected,
                            "in_heap" in flags[r.id], "in_phantoms" in flags[r.id],
-                           "in_outstanding" in flags[r.id])
+                           "in_outstanding" in flags[r.id], r.group)
                           for r in sorted(reqs.values(), key=lambda q: q.id)], REQUEST_DTYPE)
         if self.to_dispatch:
             raise RuntimeError("checkpoint taken with replacements still to dispatch")
+        ready = {} if self.real else self.executor.pull_open()
         wait = self.executor.wait
         return {"now": self.now, "next_id": self.next_id, "n_processed": self.n_processed,
                 "n_dropped": self.n_dropped, "wall": self.wall(),
@@ -277,7 +276,10 @@ class ServerBase:
                 "select_rng": rng_state(self.select_rng),
                 "handover_rng": rng_state(self.handover_rng),
                 "clients": self.clients.state_dict(), "requests": table,
-                "tasks": [t.state_dict() for t in self.tasks]}
+                "tasks": [t.state_dict() for t in self.tasks], "ready": {
+                    str(t.index): dict(zip(("meta", "deltas"), pack_updates(
+                        [u for u in ready.values() if u.task == t.index], t.model.size)))
+                    for t in self.tasks}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a checkpoint; `run()` then resubmits the outstanding requests."""
@@ -298,7 +300,8 @@ class ServerBase:
             req = Request(int(row["id"]), int(row["task"]), int(row["client"]),
                           int(row["base_version"]), float(row["dispatch_time"]),
                           float(row["finish_time"]), int(row["seed"]), float(row["start_time"]),
-                          int(row["worker"]), bool(row["cancelled"]), bool(row["rejected"]))
+                          int(row["worker"]), bool(row["cancelled"]), bool(row["rejected"]),
+                          int(row["group"]) if "group" in row.dtype.names else -1)
             reqs[req.id] = req
             if row["in_heap"]:
                 self.heap.append((req.finish_time, req.id, req))
@@ -310,18 +313,18 @@ class ServerBase:
         heapq.heapify(self.phantoms)
         for t, ts in zip(self.tasks, state["tasks"]):
             t.load_state_dict(ts, reqs)
+        if "ready" in state:
+            self.executor.preload([u for task, e in state["ready"].items()
+                                   for u in unpack_updates(int(task), e["meta"], e["deltas"])])
         self.resumed = True
 
     def resubmit(self) -> None:
         """After a resume: the (stateless, maybe different) workers get every live request again."""
-        live = sorted((r for t in self.tasks for r in t.outstanding.values()), key=lambda q: q.id)
-        for req in live:
-            t = self.tasks[req.task]
-            model = t.versions[req.base_version]
-            if self.real:
-                self.executor.submit(req, model, self.wall0 + req.finish_time * self.cfg.run.time_scale)
-            else:
-                self.executor.submit(req, model)
+        scale = self.cfg.run.time_scale
+        self.executor.resubmit(
+            [(req, self.tasks[req.task].versions[req.base_version],
+              self.wall0 + req.finish_time * scale if self.real else 0.0)
+             for t in self.tasks for req in t.outstanding.values()], self.real)
 
     # -- algorithm hooks ------------------------------------------------------------
     def start(self) -> None:
@@ -476,3 +479,19 @@ class ServerBase:
                            server_wait_cpu_seconds=wait.cpu,
                            server_cpu_seconds=time.process_time() - self.cpu0,
                            compute_seconds=self.executor.compute_seconds)
+
+
+def pack_updates(ups: list[Update], d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Updates as (meta rows, stacked float32 deltas) for a checkpoint; d = model size."""
+    meta = np.array([(u.request, u.worker, u.train_loss, u.n_samples) for u in ups],
+                    UPDATE_META_DTYPE)
+    deltas = (np.stack([np.asarray(u.delta, np.float32) for u in ups]) if ups
+              else np.zeros((0, d), np.float32))
+    return meta, deltas
+
+
+def unpack_updates(task: int, meta: np.ndarray, deltas: np.ndarray) -> list[Update]:
+    """The inverse of pack_updates (deltas copied: they outlive the checkpoint file)."""
+    return [Update(int(m["request"]), task, int(m["worker"]), float(m["train_loss"]),
+                   int(m["n_samples"]), np.array(delta, np.float32))
+            for m, delta in zip(meta, deltas)]

@@ -29,7 +29,7 @@ def batch_indices(n: int, steps: int, batch_size: int, generator: torch.Generato
 
 def local_train(fm: FlatModel, base: np.ndarray, x: torch.Tensor, y: torch.Tensor, shard: np.ndarray, *,
                 steps: int, batch_size: int, lr: float, weight_decay: float,
-                seed: int) -> tuple[np.ndarray, float, int]:
+                seed: int, out: np.ndarray | None = None) -> tuple[np.ndarray, float, int]:
     """Run `steps` plain SGD steps from `base` on x[shard], y[shard]; return (delta, mean loss, n).
 
     delta = trained - base (new float32 CPU array), mean loss = mean over steps of the mean
@@ -62,8 +62,16 @@ def local_train(fm: FlatModel, base: np.ndarray, x: torch.Tensor, y: torch.Tenso
     for p in fm.params:
         p.grad = None
     module.train(was_training)
-    delta = (fm.flat.detach() - start).to("cpu").numpy()
-    return delta, (total.item() / steps if steps else 0.0), len(shard)
+    return (write_delta(fm.flat.detach() - start, out), (total.item() / steps if steps else 0.0),
+            len(shard))
+
+
+def write_delta(delta: torch.Tensor, out: np.ndarray | None) -> np.ndarray:
+    """A delta tensor (any device) as a CPU float32 array: into `out` when given."""
+    if out is None:
+        return delta.to("cpu").numpy()
+    torch.from_numpy(out).copy_(delta)
+    return out
 
 
 def evaluate(fm: FlatModel, vec: np.ndarray, x: torch.Tensor, y: torch.Tensor,

@@ -187,18 +187,30 @@ class ServerTransport:
 
     def submit(self, req, model: np.ndarray, release_wall: float = 0.0) -> None:
         """Send one request (and its model version if that worker lacks it)."""
+        self.submit_group([(req, model, release_wall)])
+
+    def submit_group(self, items: list[tuple]) -> None:
+        """Send (req, model, release_wall) items of one task to one worker, trained as a batch.
+
+        The least-loaded worker gets the whole group. Members go in request-id order,
+        each preceded by its model version if that worker lacks it: base versions never
+        decrease along that order, so the worker's "newest + still needed" rule and
+        `latest` agree, and no version is sent twice.
+        """
         w = min(self.workers, key=lambda k: (self.load[k], k))
-        req.worker = w
-        self.load[w] += 1
-        if self.latest.get((w, req.task)) != req.base_version:
-            self._isend(P.ctrl(P.MODEL, task=req.task, version=req.base_version,
-                               n_params=model.size), w, P.TAG_CTRL)
-            self._isend(model, w, P.TAG_MODEL, MPI.FLOAT)
-            self.latest[(w, req.task)] = req.base_version
-            self.models_sent[(w, req.task, req.base_version)] += 1
-        self._isend(P.ctrl(P.REQUEST, task=req.task, client=req.client, request=req.id,
-                           version=req.base_version, seed=req.seed, finish_time=req.finish_time,
-                           release_wall=release_wall), w, P.TAG_CTRL)
+        self.load[w] += len(items)
+        for req, model, release_wall in items:
+            req.worker = w
+            if self.latest.get((w, req.task)) != req.base_version:
+                self._isend(P.ctrl(P.MODEL, task=req.task, version=req.base_version,
+                                   n_params=model.size), w, P.TAG_CTRL)
+                self._isend(model, w, P.TAG_MODEL, MPI.FLOAT)
+                self.latest[(w, req.task)] = req.base_version
+                self.models_sent[(w, req.task, req.base_version)] += 1
+            self._isend(P.ctrl(P.REQUEST, task=req.task, client=req.client, request=req.id,
+                               version=req.base_version, seed=req.seed,
+                               finish_time=req.finish_time, release_wall=release_wall,
+                               group_size=len(items)), w, P.TAG_CTRL)
 
     def discard(self, rid: int) -> None:
         """Drop the update of a cancelled request (virtual clock) when (if) it lands."""
@@ -236,14 +248,32 @@ class ServerTransport:
 
 
 class WorkerTransport:
-    """A worker's side: a pre-posted control receive, model receives, update sends."""
+    """A worker's side: a pre-posted control receive, model receives, update sends.
 
-    def __init__(self, comm: MPI.Comm):
+    Update message buffers are recycled once their send has completed; with `pinned`
+    (a CUDA worker) they are page-locked, so a delta is copied from the GPU straight
+    into the message the MPI send reads.
+    """
+
+    def __init__(self, comm: MPI.Comm, pinned: bool = False):
         self.comm = comm
+        self.pinned = pinned
         self.ctrl_buf = np.zeros(1, P.CTRL_DTYPE)
         self.ctrl_req = comm.Irecv([self.ctrl_buf, MPI.BYTE], 0, P.TAG_CTRL)
         self.sends: list[tuple[MPI.Request, np.ndarray]] = []
+        self.spare: dict[int, list[np.ndarray]] = {}  # message bytes -> buffers free to reuse
         self.sent = 0
+
+    def message(self, n_params: int) -> np.ndarray:
+        """An update message buffer for a model of n_params (recycled, or new)."""
+        pool = self.spare.get(P.HEADER_BYTES + 4 * n_params)
+        if pool:
+            return pool.pop()
+        if self.pinned:
+            import torch
+            return torch.empty(P.HEADER_BYTES + 4 * n_params, dtype=torch.uint8,
+                               pin_memory=True).numpy()
+        return P.update_message(n_params)
 
     def poll_ctrl(self):
         """The next control header from the server, or None."""
@@ -265,8 +295,16 @@ class WorkerTransport:
     def send_update(self, buf: np.ndarray, task: int) -> None:
         self.sends.append((self.comm.Isend([buf, MPI.BYTE], 0, P.TAG_UPDATE + task), buf))
         self.sent += 1
-        if len(self.sends) > 16:
-            self.sends = [(r, b) for r, b in self.sends if not r.Test()]
+        if len(self.sends) > 8:
+            busy = []
+            for r, b in self.sends:
+                if r.Test():
+                    pool = self.spare.setdefault(b.size, [])
+                    if len(pool) < 64:
+                        pool.append(b)
+                else:
+                    busy.append((r, b))
+            self.sends = busy
 
     def finish(self, worker: int) -> None:
         """Report our count of sent updates and wait (politely) until the server took them."""

@@ -27,11 +27,12 @@ class Worker:
         self.rank = comm.rank
         self.runner = runner
         self.real = real_clock
-        self.transport = WorkerTransport(comm)
+        self.transport = WorkerTransport(comm, pinned=runner.device.type == "cuda")
         self.models: dict[int, dict[int, np.ndarray]] = {}
         self.newest: dict[int, int] = {}
         self.needed: Counter = Counter()
-        self.queue: list[tuple[float, int, np.void]] = []
+        self.queue: list[tuple[float, int, list]] = []  # (finish, first id, group's REQUESTs)
+        self.collecting: list = []  # REQUESTs of a group still arriving
         self.held: list[tuple[float, int, int, np.ndarray]] = []
         self.stopping = False
         self.exit_code = 0
@@ -68,8 +69,8 @@ class Worker:
                 if version not in self.models.get(task, {}):
                     raise ProtocolError(f"worker {self.rank}: request {int(msg['request'])} needs "
                                         f"task {task} version {version}, which it was never sent")
-                heapq.heappush(self.queue, (float(msg["finish_time"]), int(msg["request"]), msg))
                 self.needed[(task, version)] += 1
+                self.enqueue(msg)
             elif kind == P.MODEL:
                 version = int(msg["version"])
                 self.models.setdefault(task, {})[version] = self.transport.recv_model(
@@ -77,7 +78,7 @@ class Worker:
                 self.newest[task] = version
                 self.evict(task)
             elif kind == P.CANCEL_TASK:
-                self.queue = [q for q in self.queue if int(q[2]["task"]) != task]
+                self.queue = [q for q in self.queue if int(q[2][0]["task"]) != task]
                 heapq.heapify(self.queue)
                 self.held = [h for h in self.held if h[2] != task]
                 heapq.heapify(self.held)
@@ -93,35 +94,54 @@ class Worker:
                 raise ProtocolError(f"worker {self.rank}: unknown control kind {kind}")
         return got
 
+    def enqueue(self, msg) -> None:
+        """Queue a request, or collect it into the group it arrives with (trained as one)."""
+        size = max(1, int(msg["group_size"]))
+        group = self.collecting
+        if group and int(group[0]["task"]) != int(msg["task"]):
+            raise ProtocolError(f"worker {self.rank}: group of task {int(group[0]['task'])} "
+                                f"interrupted by a request of task {int(msg['task'])}")
+        group.append(msg)
+        if len(group) < size:
+            return
+        self.collecting = []
+        first = min(group, key=lambda m: (float(m["finish_time"]), int(m["request"])))
+        heapq.heappush(self.queue, (float(first["finish_time"]), int(first["request"]), group))
+
     def evict(self, task: int) -> None:
         versions = self.models.get(task, {})
         for v in [v for v in versions if v != self.newest[task] and not self.needed[(task, v)]]:
             del versions[v]
 
     def train_next(self) -> None:
+        """Train the queued group with the earliest finish time; send (or hold) its updates."""
         if self.fail_after is not None and self.trained >= self.fail_after:
             raise RuntimeError(f"injected fault after {self.trained} requests (FEDAST_INJECT_FAULT)")
-        _, rid, msg = heapq.heappop(self.queue)
-        task, version = int(msg["task"]), int(msg["version"])
+        _, _, group = heapq.heappop(self.queue)
+        task = int(group[0]["task"])
+        n_params = self.runner.n_params[task]
+        bufs = [self.transport.message(n_params) for _ in group]
         start = time.perf_counter()
-        delta, loss, n = self.runner.train(task, int(msg["client"]), self.models[task][version],
-                                           int(msg["seed"]))
-        buf = P.update_message(delta.size)
-        hdr = P.update_header(buf)
-        hdr["request"], hdr["task"], hdr["worker"] = rid, task, self.rank
-        hdr["train_loss"], hdr["n_samples"] = loss, n
-        hdr["compute"], hdr["pad"] = time.perf_counter() - start, 0
-        P.update_payload(buf)[:] = delta
-        self.trained += 1
-        self.needed[(task, version)] -= 1
-        if not self.needed[(task, version)]:
-            del self.needed[(task, version)]
-            self.evict(task)
-        release = float(msg["release_wall"])
-        if self.real and release > time.time():
-            heapq.heappush(self.held, (release, rid, task, buf))
-        else:
-            self.transport.send_update(buf, task)
+        results = self.runner.train_group(
+            task, [(int(m["client"]), self.models[task][int(m["version"])], int(m["seed"]))
+                   for m in group], outs=[P.update_payload(b) for b in bufs])
+        compute = (time.perf_counter() - start) / len(group)
+        for msg, buf, (_, loss, n) in zip(group, bufs, results):
+            rid, version = int(msg["request"]), int(msg["version"])
+            hdr = P.update_header(buf)
+            hdr["request"], hdr["task"], hdr["worker"] = rid, task, self.rank
+            hdr["train_loss"], hdr["n_samples"] = loss, n
+            hdr["compute"], hdr["pad"] = compute, 0
+            self.trained += 1
+            self.needed[(task, version)] -= 1
+            if not self.needed[(task, version)]:
+                del self.needed[(task, version)]
+            release = float(msg["release_wall"])
+            if self.real and release > time.time():
+                heapq.heappush(self.held, (release, rid, task, buf))
+            else:
+                self.transport.send_update(buf, task)
+        self.evict(task)
 
     def send_due(self) -> bool:
         """Real clock: send the held updates whose release time has come."""

@@ -112,6 +112,25 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, args):
         assert_same_run(ref, out)
 
 
+def test_batched_resume_equals_uninterrupted_and_keeps_open_groups(tmp_path, monkeypatch):
+    """Groups of 4: a checkpoint between members of a group stores the rest, trained in it."""
+    args = [*SHORT, "--set", "run.batch_requests=4"]
+    ref = tmp_path / "ref"
+    assert main(["run", "--out", str(ref), *args]) == 0
+    ready = 0
+    for after in (7, 121, 601):
+        out = tmp_path / f"run-{after}"
+        monkeypatch.setenv("FEDAST_INTERRUPT_AFTER", str(after))
+        assert main(["run", "--out", str(out), *args]) == 75
+        monkeypatch.delenv("FEDAST_INTERRUPT_AFTER")
+        state = latest_checkpoint(out)[1]["state"]
+        ready += sum(len(e["meta"]) for e in state["ready"].values())
+        assert (state["requests"]["group"] >= -1).all()
+        assert main(["resume", str(out)]) == 0
+        assert_same_run(ref, out)
+    assert ready > 0  # some interruption fell inside a partly processed group
+
+
 def test_resume_refuses_changed_config_and_accepts_harmless_with_force(tmp_path, monkeypatch,
                                                                       capsys):
     out = tmp_path / "run"

@@ -174,6 +174,7 @@ BAD = [
     ("run.time_scale", 0, "run.time_scale: must be > 0"),
     ("run.max_time", -1, "run.max_time: must be > 0"),
     ("run.log_every", -1, "run.log_every: must be >= 0"),
+    ("run.batch_requests", -2, "run.batch_requests: must be >= 0"),
     ("run.checkpoint.every_seconds", 0, "run.checkpoint.every_seconds: must be > 0"),
     ("run.checkpoint.keep", 0, "run.checkpoint.keep: must be >= 1"),
     ("algorithm.name", "fedprox", "algorithm.name: unknown algorithm 'fedprox' (known: fedast, "),

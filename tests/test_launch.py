@@ -213,3 +213,26 @@ def test_real_clock_sync_rounds_and_rejections(tmp_path):
     assert len(rejected) > 0 and np.all(np.isnan(rejected["train_loss"]))
     assert np.all(ev["time"] >= ev["finish_time"] - 1e-6)  # nothing is seen before its release
     assert np.all(ev[ev["accepted"] == 1]["staleness"] == 0)
+
+
+def test_batched_groups_do_not_depend_on_rank_count(tmp_path):
+    """run.batch_requests=4: rank 0 forms the groups, so -n 1, 2, 3 train the same batches."""
+    common = ("--set", "run.log_every=0", "--set", "run.max_time=100",
+              "--set", "run.batch_requests=4")
+    runs = []
+    for n in (1, 2, 3):
+        out = tmp_path / f"b{n}"
+        res = launch(n, "run", "--out", str(out), *common)
+        assert res.rc == 0, res.stderr
+        runs.append(out)
+    assert_identical(runs[0], runs[1])
+    assert_identical(runs[0], runs[2])
+    plain = tmp_path / "plain"
+    assert launch(2, "run", "--out", str(plain), *common[:4]).rc == 0
+    eb, ep = events(runs[0]), events(plain)
+    for name in ("request", "task", "client", "base_version", "finish_time", "accepted"):
+        assert np.array_equal(eb[name], ep[name]), name  # same schedule...
+    assert not np.array_equal(eb["update_norm"], ep["update_norm"])  # ...other float order
+    np.testing.assert_allclose(eb["update_norm"], ep["update_norm"], rtol=1e-3)
+    for name, m in final_models(runs[0]).items():
+        np.testing.assert_allclose(m, final_models(plain)[name], atol=1e-3)

@@ -7,6 +7,7 @@ with a stand-in runner whose deltas say which model and request they came from.
 from __future__ import annotations
 
 import time
+import types
 
 import numpy as np
 import pytest
@@ -24,13 +25,20 @@ N_PARAMS = [3, 70_000]  # the second is past MPICH's eager limit (rendezvous pro
 class EchoRunner:
     """delta = model + (seed mod 1000); loss = client; n_samples = task + 1."""
 
+    device = types.SimpleNamespace(type="cpu")
+    n_params = N_PARAMS
+
     def __init__(self, sleep: float = 0.0):
         self.sleep = sleep
+        self.groups: list[list[int]] = []  # seeds of every group trained, in order
 
-    def train(self, task, client, model, seed):
+    def train_group(self, task, items, outs):
         if self.sleep:
             time.sleep(self.sleep)
-        return model + np.float32(seed % 1000), float(client), task + 1
+        self.groups.append([seed for _, _, seed in items])
+        for (client, model, seed), out in zip(items, outs):
+            out[:] = model + np.float32(seed % 1000)
+        return [(out, float(client), task + 1) for (client, _, _), out in zip(items, outs)]
 
 
 def model(task, version):
@@ -132,3 +140,30 @@ def test_server_does_not_spin_while_waiting():
         assert cpu / wall < 0.25, f"server used {100 * cpu / wall:.0f}% of a core while waiting"
 
     with_workers(server, runner=EchoRunner(sleep=0.8))
+
+
+def test_groups_go_to_one_worker_with_each_model_once():
+    """A group mixes base versions (non-decreasing by id); all of it lands, from one worker."""
+    def server(st):
+        groups, rid = [], 0
+        for versions in ([0, 0, 1], [1, 2, 2], [2, 3], [3]):
+            for task in (0, 1):
+                items = []
+                for v in versions:
+                    req = Request(rid, task, client=rid % 5, base_version=v, dispatch_time=0.0,
+                                  finish_time=float(rid), seed=rid)
+                    items.append((req, model(task, v), 0.0))
+                    rid += 1
+                st.submit_group(items)
+                groups.append([req for req, _, _ in items])
+        for group in groups:
+            workers = set()
+            for req in group:
+                upd = st.wait_for(req.id)
+                assert np.all(upd.delta == model(req.task, req.base_version) + np.float32(req.seed))
+                workers.add(upd.worker)
+                st.free(upd)
+            assert workers == {group[0].worker}
+        assert set(st.models_sent.values()) == {1}
+
+    with_workers(server)

@@ -1,0 +1,188 @@
+"""Groups of same-task requests, trained together (fedast_mpi.batched), formed on rank 0.
+
+Which requests share a batch must not depend on the number of ranks: a batched
+delta equals the one-at-a-time delta only to float tolerance, and the virtual clock
+promises bitwise identical runs for any world size. So groups are formed here, from
+the server's own deterministic sequence of calls, and never by a worker's queue:
+
+- virtual clock: a task's new requests wait (unsent) until `size` of them form a
+  group, or until the server needs the update of one of them (`wait_for`), which
+  sends the group early;
+- real clock: every `poll` sends what is pending (requests submitted together form
+  a group); nothing there is bitwise anyway.
+
+A group goes to one worker as consecutive REQUEST messages sorted by request id; its
+id is its smallest request id. For exact resumes, the members of a group that the
+server has partly consumed are pulled in before a checkpoint (`pull_open`) and
+stored with it, since retraining them in a smaller group could change their bits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedast_mpi.executor import Update
+
+AUTO_GPU_SIZE = 16
+"""Group size `run.batch_requests: 0` (auto) picks for batchable small models on a GPU."""
+AUTO_GPU_MAX_PARAMS = 2_000_000
+"""Largest model auto-batched on a GPU: the paper's small models (LeNet-5, CIFAR CNN, MLP)."""
+
+
+def group_sizes(batch_requests: int, device_type: str, models: list) -> list[int]:
+    """Requests per group for each task (1 = one at a time).
+
+    batch_requests >= 1 is used as given for every task. 0 (auto) batches only where
+    it pays, as measured by `python -m benchmarks batched`: on a GPU, models that vmap
+    handles natively and that are small enough to leave the device idle one at a time;
+    on a CPU never (the batched kernels are no faster than a loop there).
+    `models` are FlatModels (their module and n_params are read).
+    """
+    if batch_requests >= 1:
+        return [batch_requests] * len(models)
+    from fedast_mpi.batched import batchable
+    return [AUTO_GPU_SIZE if device_type == "cuda" and fm.n_params <= AUTO_GPU_MAX_PARAMS
+            and batchable(fm.module) else 1 for fm in models]
+
+
+class Grouper:
+    """Between a server and its executor: forms the groups, forwards everything else."""
+
+    def __init__(self, inner, sizes: list[int]):
+        self.inner = inner
+        self.sizes = list(sizes)
+        self.pending: list[list[tuple]] = [[] for _ in self.sizes]  # (req, model, release)
+        self.pending_task: dict[int, int] = {}  # request id -> task, for pending requests
+        self.group_of: dict[int, int] = {}  # request id -> group id, sent groups of > 1
+        self.left: dict[int, set[int]] = {}  # group id -> members not yet consumed
+        self.size_of: dict[int, int] = {}  # group id -> members sent
+        self.ready: dict[int, Update] = {}  # updates pulled in or restored, not yet consumed
+
+    # -- what the server sees of its executor ------------------------------------------
+    @property
+    def wait(self):
+        return self.inner.wait
+
+    @property
+    def compute_seconds(self) -> float:
+        return self.inner.compute_seconds
+
+    @compute_seconds.setter
+    def compute_seconds(self, value: float) -> None:
+        self.inner.compute_seconds = value
+
+    def submit(self, req, model: np.ndarray, release_wall: float = 0.0) -> None:
+        """Queue a request into its task's pending group (sent at once when groups are off)."""
+        if self.sizes[req.task] <= 1:
+            self.send([(req, model, release_wall)])
+            return
+        pending = self.pending[req.task]
+        pending.append((req, model, release_wall))
+        self.pending_task[req.id] = req.task
+        if len(pending) >= self.sizes[req.task]:
+            self.flush(req.task)
+
+    def flush(self, task: int) -> None:
+        """Send the task's pending requests as one group."""
+        items, self.pending[task] = self.pending[task], []
+        for req, _, _ in items:
+            del self.pending_task[req.id]
+        if items:
+            self.send(items)
+
+    def send(self, items: list[tuple]) -> None:
+        """Hand one group, sorted by request id, to the executor."""
+        items = sorted(items, key=lambda it: it[0].id)
+        gid = items[0][0].id
+        for req, _, _ in items:
+            req.group = gid
+        if len(items) > 1:
+            self.left[gid] = {req.id for req, _, _ in items}
+            self.size_of[gid] = len(items)
+            self.group_of.update((req.id, gid) for req, _, _ in items)
+        self.inner.submit_group(items)
+
+    def wait_for(self, rid: int) -> Update:
+        if rid in self.ready:
+            upd = self.ready.pop(rid)
+        else:
+            task = self.pending_task.get(rid)
+            if task is not None:
+                self.flush(task)
+            upd = self.inner.wait_for(rid)
+        self._consumed(rid)
+        return upd
+
+    def poll(self, timeout: float) -> list[Update]:
+        for task in range(len(self.pending)):
+            self.flush(task)
+        return self.inner.poll(timeout)
+
+    def discard(self, rid: int) -> None:
+        if self.ready.pop(rid, None) is None:
+            task = self.pending_task.pop(rid, None)
+            if task is None:
+                self.inner.discard(rid)
+            else:
+                self.pending[task] = [it for it in self.pending[task] if it[0].id != rid]
+        self._consumed(rid)
+
+    def cancel_task(self, task: int) -> None:
+        for req, _, _ in self.pending[task]:
+            del self.pending_task[req.id]
+        self.pending[task] = []
+        self.inner.cancel_task(task)
+
+    def free(self, upd: Update) -> None:
+        self.inner.free(upd)
+
+    def shutdown(self, code: int = 0) -> None:
+        self.inner.shutdown(code)
+
+    # -- groups and checkpoints ----------------------------------------------------------
+    def _consumed(self, rid: int) -> None:
+        gid = self.group_of.pop(rid, None)
+        if gid is None:
+            return
+        left = self.left[gid]
+        left.discard(rid)
+        if not left:
+            del self.left[gid], self.size_of[gid]
+
+    def pull_open(self) -> dict[int, Update]:
+        """Fetch the unconsumed members of partly consumed groups; returns every ready update.
+
+        Their deltas come from the batch the group was trained in; a resume must not
+        train them again in another (smaller) batch. Copies leave the landing slots free.
+        """
+        for gid in [g for g, left in self.left.items() if len(left) < self.size_of[g]]:
+            for rid in sorted(self.left.pop(gid)):
+                upd = self.inner.wait_for(rid)
+                self.ready[rid] = Update(upd.request, upd.task, upd.worker, upd.train_loss,
+                                         upd.n_samples, np.array(upd.delta, np.float32))
+                self.inner.free(upd)
+                del self.group_of[rid]
+            del self.size_of[gid]
+        return self.ready
+
+    def preload(self, updates: list[Update]) -> None:
+        """Updates restored from a checkpoint: served by `wait_for` without training."""
+        self.ready.update((u.request, u) for u in updates)
+
+    def resubmit(self, live: list[tuple], real: bool) -> None:
+        """After a resume: every live (req, model, release) not ready goes out again.
+
+        Virtual clock: sent groups are re-formed exactly (same members, same batch);
+        requests that were pending wait in their pending group again.
+        """
+        groups: dict[int, list[tuple]] = {}
+        for item in sorted(live, key=lambda it: it[0].id):
+            req = item[0]
+            if req.id in self.ready:
+                continue
+            if real or req.group < 0:
+                self.submit(*item)
+            else:
+                groups.setdefault(req.group, []).append(item)
+        for gid in sorted(groups):
+            self.send(groups[gid])
