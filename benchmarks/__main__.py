@@ -1,18 +1,30 @@
 """fedast-mpi benchmarks (SPEC §11): scripts, not tests.
 
-    python -m benchmarks [overhead] [throughput] [server_cpu] [--reps N] [--quick] [--json PATH]
+    python -m benchmarks [NAME ...] [--reps N] [--quick] [--json PATH]
 
-Benchmarks (default: all):
+Benchmarks (default: all; `scale` only without --quick or when named):
   overhead    virtual clock, ONE worker (mpiexec -n 2): the run's `wall_seconds` versus a bare
               PyTorch loop (benchmarks/bare_loop.py) training the same requests one after
-              another; on the default job and on a compute-heavier CNN job.
-              Ratio = run / bare (targets: <= 1.25 small models, <= 1.10 heavy).
+              another; on the default job, a compute-heavier CNN job, and the paper's MNIST
+              MLP and CIFAR-10 CNN (generated files in the standard formats).
+              Ratio = run / bare (targets: <= 1.25 default job and MNIST MLP, <= 1.10 heavy
+              and CIFAR-10 CNN).
   throughput  requests/s (updates_processed / wall_seconds) on the heavy job with 1 worker
               (-n 2) and 2 workers (-n 3); ratio = speed-up (target >= 0.85 W = 1.7 on W free
               cores; the ceiling on a machine with fewer cores is printed).
   server_cpu  rank 0's CPU while it waits for updates (server_wait_cpu_seconds /
               server_wait_seconds) on the heavy runs, versus a plain MPI.Request.Waitany
               (benchmarks/mpi_wait_baseline.py) measured in the same invocation.
+  transport   rank 0's ingest of 10M-parameter updates through ServerTransport (poll + free;
+              and with the server's norm + server_step) versus raw MPI Send/Recv bandwidth in
+              the same mpiexec run (benchmarks/transport.py). Ratio = ingest / raw (>= 0.5).
+  io_cost     µs per /events row through RunLog versus bare h5py appends, and seconds per
+              checkpoint (Checkpointer.save of real server states) versus np.save + fsync +
+              rename of the same arrays (benchmarks/io_cost.py). Ratio = product / baseline.
+  batched     requests/s of batched (vmap) training at group sizes 1, 4, 16 versus one at a
+              time, for logreg, mlp, lenet5, cifar_cnn (benchmarks/batched.py; CPU here).
+  scale       benchmarks/scale.py once (not repeated): a long run's wall time, updates/s,
+              and each rank's RSS at ~10 % of the run versus the end (flatness).
 
 Every measurement is repeated --reps times, interleaved (rep 1 of everything, then rep 2, ...)
 so that slow phases of a noisy machine hit product and baseline alike. Figures are medians
@@ -40,15 +52,26 @@ from pathlib import Path
 
 from benchmarks.workloads import Workload, workloads
 
-BENCHMARKS = ("overhead", "throughput", "server_cpu")
+BENCHMARKS = ("overhead", "throughput", "server_cpu", "transport", "io_cost", "batched", "scale")
+OVERHEAD = ("small", "heavy", "mnist-mlp", "cifar-cnn")  # workloads of the overhead benchmark
+LABELS = {"small": "default job", "heavy": "heavy CNN", "mnist-mlp": "MNIST MLP (paper)",
+          "cifar-cnn": "CIFAR-10 CNN (paper)"}
 NEEDS = {
-    "overhead": ("run:small:2", "bare:small", "run:heavy:2", "bare:heavy"),
+    "overhead": tuple(k for w in OVERHEAD for k in (f"run:{w}:2", f"bare:{w}")),
     "throughput": ("run:heavy:2", "run:heavy:3"),
     "server_cpu": ("run:heavy:2", "waitany"),
+    "transport": ("transport",),
+    "io_cost": ("io_cost",),
+    "batched": ("batched",),
+    "scale": ("scale",),
 }
-ORDER = ("run:small:2", "bare:small", "run:heavy:2", "bare:heavy", "run:heavy:3", "waitany")
+ORDER = (*NEEDS["overhead"], "run:heavy:3", "waitany", "transport", "io_cost", "batched", "scale")
+ONCE = ("scale",)  # measured in the first repetition only (long)
 DEFAULT_REPS, QUICK_REPS = 5, 3
 RUN_TIMEOUT = 600
+SCALE_TIMEOUT = 3600
+GROUPS = (1, 4, 16)
+IO_STATES = {"default job": "small", "MNIST MLP": "mnist-mlp"}  # checkpoint label -> workload
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -93,10 +116,12 @@ def machine_info() -> dict:
 class Session:
     """Temp dir, configs and the runners of the measurements."""
 
-    def __init__(self, quick: bool, tmp: Path):
+    def __init__(self, quick: bool, tmp: Path, needed: list[str] = ()):
         self.quick = quick
         self.tmp = tmp
-        self.workloads = workloads(quick)
+        self.data_dir = tmp / "data"
+        self.workloads = workloads(quick, str(self.data_dir))
+        self.generate_data(needed)
         self.config_paths: dict[str, str | None] = {}
         for w in self.workloads.values():
             if w.yaml is None:
@@ -111,6 +136,17 @@ class Session:
         self.env.pop("FEDAST_INJECT_FAULT", None)
         self.wait_seconds = 1.0 if quick else 2.0
 
+    def generate_data(self, needed) -> None:
+        """The standard-format files the needed workloads (and batched) read: random pixels."""
+        from benchmarks.workloads import PAPER_TEST, PAPER_TRAIN
+        from fedast_mpi.data.sample_files import write_dataset
+        datasets = {d for k in needed if k.split(":")[0] in ("run", "bare")
+                    for d in self.workloads[k.split(":")[1]].datasets}
+        if "batched" in needed or "io_cost" in needed:
+            datasets |= {"mnist", "cifar10"}
+        for i, name in enumerate(sorted(datasets)):
+            write_dataset(name, self.data_dir, n_train=PAPER_TRAIN, n_test=PAPER_TEST, seed=i)
+
     def show(self, cmd: list[str]) -> str:
         """A command line with the temp dir written as $TMP (it is gone afterwards)."""
         return " ".join(cmd).replace(str(self.tmp), "$TMP")
@@ -119,15 +155,26 @@ class Session:
         self.counter += 1
         return self.tmp / f"{self.counter:03d}-{label}"
 
-    def _exec(self, cmd: list[str]) -> tuple[subprocess.CompletedProcess | None, float, str]:
+    def _exec(self, cmd: list[str], timeout: float = RUN_TIMEOUT
+              ) -> tuple[subprocess.CompletedProcess | None, float, str]:
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env,
-                                  timeout=RUN_TIMEOUT, cwd=str(HERE.parent))
+                                  timeout=timeout, cwd=str(HERE.parent))
             return proc, time.perf_counter() - t0, ""
         except subprocess.TimeoutExpired as exc:
             err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-            return None, time.perf_counter() - t0, f"timed out after {RUN_TIMEOUT} s\n{err}"
+            return None, time.perf_counter() - t0, f"timed out after {timeout:.0f} s\n{err}"
+
+    def _json_tool(self, key: str, cmd: list[str], out: Path, timeout: float = RUN_TIMEOUT
+                   ) -> dict:
+        """Run a script that writes its JSON record to `out` (the last arguments of cmd)."""
+        proc, total, why = self._exec(cmd, timeout)
+        if proc is None or proc.returncode != 0 or not out.exists():
+            return self.fail(key, cmd, proc, why)
+        rec = json.loads(out.read_text())
+        rec.update(ok=True, cmd=self.show(cmd), total_seconds=total)
+        return rec
 
     def fail(self, key: str, cmd: list[str], proc, why: str) -> dict:
         err = why or ((proc.stderr or "") + (proc.stdout or "")[-2000:] if proc else "")
@@ -153,10 +200,16 @@ class Session:
         with h5py.File(run_file, "r") as f:
             a = dict(f.attrs)
             n_events = len(f["/events"]) if "/events" in f else None
+            ev = f["/events"][()] if n_events else None
         keys = ("wall_seconds", "updates_processed", "requests_dispatched",
                 "server_wait_seconds", "server_wait_cpu_seconds", "server_cpu_seconds",
-                "final_time")
+                "compute_seconds", "final_time")
         rec = {k: (float(a[k]) if k in a else None) for k in keys}
+        if ev is not None and "wall" in (ev.dtype.names or ()):
+            acc = ev[ev["accepted"] == 1] if "accepted" in ev.dtype.names else ev
+            if len(acc):  # where the run's wall time goes, besides training (diagnostics)
+                rec["first_update_wall"] = float(acc["wall"].min())
+                rec["last_update_wall"] = float(acc["wall"].max())
         if rec["wall_seconds"] is None or rec["updates_processed"] is None:
             return self.fail(f"run {wname} -n {n}", cmd, proc,
                              f"run file lacks wall_seconds/updates_processed; status="
@@ -192,12 +245,58 @@ class Session:
         cmd = [tool("mpiexec"), "-n", "2", sys.executable, "-m", "benchmarks.mpi_wait_baseline",
                "--seconds", str(self.wait_seconds), "--round", "0.025", "--mode", "compute",
                "--json", str(out)]
-        proc, total, why = self._exec(cmd)
-        if proc is None or proc.returncode != 0 or not out.exists():
-            return self.fail("waitany baseline", cmd, proc, why)
-        rec = json.loads(out.read_text())
-        rec.update(ok=True, cmd=self.show(cmd), total_seconds=total)
-        return rec
+        return self._json_tool("waitany baseline", cmd, out)
+
+    def run_transport(self) -> dict:
+        out = self.fresh("transport").with_suffix(".json")
+        messages, rounds = (20, 2) if self.quick else (40, 3)
+        cmd = [tool("mpiexec"), "-n", "2", sys.executable, "-m", "benchmarks.transport",
+               "--params", "10000000", "--messages", str(messages), "--rounds", str(rounds),
+               "--json", str(out)]
+        return self._json_tool("transport", cmd, out)
+
+    def state_run(self, wname: str) -> Path | None:
+        """A run dir of workload `wname` with its final checkpoint (the latest 1-worker run,
+        else one made now)."""
+        run_file = self.last_run.get(wname)
+        if run_file is None:
+            print(f"  (io_cost: a {wname} run for its checkpoint)", flush=True)
+            self.run_product(wname, 2)
+            run_file = self.last_run.get(wname)
+        return None if run_file is None else run_file.parent
+
+    def run_io_cost(self) -> dict:
+        out = self.fresh("io_cost").with_suffix(".json")
+        rows, rounds = (10000, 3) if self.quick else (20000, 5)
+        cmd = [sys.executable, "-m", "benchmarks.io_cost", "--rows", str(rows),
+               "--rounds", str(rounds)]
+        for label, wname in IO_STATES.items():
+            run_dir = self.state_run(wname)
+            if run_dir is not None:
+                cmd += ["--checkpoint", f"{label}={run_dir}"]
+        cmd += ["--json", str(out)]
+        return self._json_tool("io_cost", cmd, out)
+
+    def run_batched(self) -> dict:
+        out = self.fresh("batched").with_suffix(".json")
+        # CPU: the CIFAR CNN at 27 steps takes ~1 s a request; fewer steps keep it short
+        models = ("logreg,mlp,lenet5:9,cifar_cnn:1" if self.quick
+                  else "logreg,mlp,lenet5,cifar_cnn:3")
+        cmd = [sys.executable, "-m", "benchmarks.batched", "--models", models,
+               "--groups", ",".join(map(str, GROUPS)), "--requests", str(max(GROUPS)),
+               "--rounds", "1", "--device", "cpu", "--data-dir", str(self.data_dir),
+               "--json", str(out)]
+        return self._json_tool("batched", cmd, out)
+
+    def run_scale(self) -> dict:
+        if not (HERE / "scale.py").exists():
+            msg = "benchmarks/scale.py is not there (yet): the scale benchmark is not available"
+            print(f"  !! scale: {msg}", file=sys.stderr)
+            return {"ok": False, "cmd": None, "stderr": msg}
+        out = self.fresh("scale").with_suffix(".json")
+        cmd = [sys.executable, "-m", "benchmarks.scale", *(["--quick"] if self.quick else []),
+               "--json", str(out)]
+        return self._json_tool("scale", cmd, out, timeout=SCALE_TIMEOUT)
 
     def measure(self, key: str) -> dict:
         kind, *rest = key.split(":")
@@ -205,7 +304,9 @@ class Session:
             return self.run_product(rest[0], int(rest[1]))
         if kind == "bare":
             return self.run_bare(rest[0])
-        return self.run_waitany()
+        return {"waitany": self.run_waitany, "transport": self.run_transport,
+                "io_cost": self.run_io_cost, "batched": self.run_batched,
+                "scale": self.run_scale}[kind]()
 
 
 def brief(key: str, rec: dict) -> str:
@@ -216,6 +317,23 @@ def brief(key: str, rec: dict) -> str:
                 f"total {rec['total_seconds']:.2f} s")
     if key.startswith("bare:"):
         return f"{rec['seconds']:.2f} s ({rec['requests']} requests)"
+    if key == "transport":
+        m = rec["median_bytes_per_second"]
+        return (f"raw {m['raw'] / 1e9:.2f} GB/s, ingest {m['ingest'] / 1e9:.2f} GB/s "
+                f"({rec['ingest_ratio']:.2f}), with server work {m['work'] / 1e9:.2f} GB/s "
+                f"({rec['work_ratio']:.2f})")
+    if key == "io_cost":
+        e = rec["events"]["median_us_per_row"]
+        ck = "; ".join(f"{k} {1e3 * c['median_seconds']['product']:.1f} vs "
+                       f"{1e3 * c['median_seconds']['baseline']:.1f} ms"
+                       for k, c in rec["checkpoints"].items())
+        return f"/events {e['runlog']:.2f} vs {e['h5py']:.2f} µs/row; checkpoint {ck}"
+    if key == "batched":
+        return "; ".join(f"{m} x{v['ratio'][str(max(GROUPS))]:.2f} at G={max(GROUPS)}"
+                         for m, v in rec["models"].items())
+    if key == "scale":
+        return (f"wall {rec['wall_seconds']:.1f} s, {rec['updates']} updates, "
+                f"{rec['updates_per_second']:.0f}/s")
     return f"Waitany CPU {100 * rec['cpu_fraction']:.1f} % of {rec['wait_seconds']:.2f} s"
 
 
@@ -256,9 +374,9 @@ def loop_cpu_fraction(r: dict) -> float:
 
 
 # -- the benchmarks' figures ------------------------------------------------------------------
-def fig_overhead(S: dict) -> dict:
+def fig_overhead(S: dict, targets: dict) -> dict:
     out = {}
-    for w in ("small", "heavy"):
+    for w in OVERHEAD:
         runs, bare = S[f"run:{w}:2"], S[f"bare:{w}"]
         rw = pick(runs, lambda r: r["wall_seconds"])
         rt = pick(runs, lambda r: r["total_seconds"])
@@ -270,9 +388,16 @@ def fig_overhead(S: dict) -> dict:
             "ratio": ratio(run_s, bare_s, pairs(rw, bw, lambda x, y: x / y)),
             "ratio_incl_startup_info": ratio(total_s, bare_s, pairs(rt, bw, lambda x, y: x / y)),
             "requests": sorted({r.get("requests") for r in bare if r.get("ok")}),
+            # diagnostics: training time of every update the worker sent (also those the
+            # run did not use), when the first update landed, and the time after the last
+            # one (final checkpoint, shutdown: the worker finishes its current request)
+            "worker_compute_seconds": summary(pick(runs, lambda r: r["compute_seconds"])),
+            "first_update_wall": summary(pick(runs, lambda r: r["first_update_wall"])),
+            "after_last_update_seconds": summary(pick(
+                runs, lambda r: r["wall_seconds"] - r["last_update_wall"])),
             "updates_processed": sorted({r.get("updates_processed") for r in runs
                                          if r.get("ok")}),
-            "target": 1.25 if w == "small" else 1.10,
+            "target": targets[w],
         }
     return out
 
@@ -324,6 +449,96 @@ def fig_server_cpu(S: dict) -> dict:
     return out
 
 
+def fig_transport(S: dict) -> dict:
+    T = S["transport"]
+    bw = {p: pick(T, lambda r, p=p: r["median_bytes_per_second"][p])
+          for p in ("raw", "ingest", "work")}
+    sm = {p: summary(v) for p, v in bw.items()}
+    ok = [r for r in T if r.get("ok")]
+    return {
+        "raw_bytes_per_second": sm["raw"], "ingest_bytes_per_second": sm["ingest"],
+        "work_bytes_per_second": sm["work"],
+        "ingest_ratio": ratio(sm["ingest"], sm["raw"], pick(T, lambda r: r["ingest_ratio"])),
+        "work_ratio": ratio(sm["work"], sm["raw"], pick(T, lambda r: r["work_ratio"])),
+        "params": ok[0]["params"] if ok else None,
+        "message_bytes": ok[0]["message_bytes"] if ok else None,
+        "messages_per_phase": ok[0]["messages"] if ok else None,
+        "rounds_per_run": ok[0]["rounds"] if ok else None,
+        "target": 0.5,
+    }
+
+
+def fig_io_cost(S: dict) -> dict:
+    I = S["io_cost"]
+    prod = pick(I, lambda r: r["events"]["median_us_per_row"]["runlog"])
+    base = pick(I, lambda r: r["events"]["median_us_per_row"]["h5py"])
+    ps, bs = summary(prod), summary(base)
+    out = {"events_us_per_row": ps, "h5py_us_per_row": bs,
+           "events_ratio": ratio(ps, bs, pairs(prod, base, lambda x, y: x / y)),
+           "rows_per_flush": next((r["rows_per_flush"] for r in I if r.get("ok")), None),
+           "checkpoints": {}}
+    # Per-update wall time of the default job measured in this invocation (overhead), if any.
+    per_update = summary(pick(S.get("run:small:2", []),
+                              lambda r: 1e6 * r["wall_seconds"] / r["updates_processed"]))
+    out["default_job_us_per_update"] = per_update
+    out["events_share_of_update"] = (ps["median"] / per_update["median"]
+                                     if ps and per_update else None)
+    labels = list(dict.fromkeys(k for r in I if r.get("ok") for k in r["checkpoints"]))
+    for label in labels:
+        cp = pick(I, lambda r: r["checkpoints"][label]["median_seconds"]["product"])
+        cb = pick(I, lambda r: r["checkpoints"][label]["median_seconds"]["baseline"])
+        a, b = summary(cp), summary(cb)
+        some = next(r["checkpoints"][label] for r in I if r.get("ok") and label in r["checkpoints"])
+        out["checkpoints"][label] = {
+            "product_seconds": a, "baseline_seconds": b,
+            "ratio": ratio(a, b, pairs(cp, cb, lambda x, y: x / y)),
+            "array_bytes": some["array_bytes"], "file_bytes": some["file_bytes"],
+            "arrays": some["arrays"]}
+    return out
+
+
+def fig_batched(S: dict) -> dict:
+    B = S["batched"]
+    models = [m for m in next((r["models"] for r in B if r.get("ok")), {})]
+    out = {"device": next((r["device"] for r in B if r.get("ok")), None), "models": {}}
+    for m in models:
+        single = pick(B, lambda r: r["models"][m]["median_single"])
+        ss = summary(single)
+        rec = {"single_requests_per_second": ss, "groups": {},
+               "steps": next(r["models"][m]["steps"] for r in B if r.get("ok")),
+               "n_params": next(r["models"][m]["n_params"] for r in B if r.get("ok"))}
+        for g in GROUPS:
+            bat = pick(B, lambda r, g=g: r["models"][m]["median_batched"][str(g)])
+            bs = summary(bat)
+            rec["groups"][str(g)] = {"requests_per_second": bs,
+                                     "ratio": ratio(bs, ss, pairs(bat, single,
+                                                                  lambda x, y: x / y))}
+        out["models"][m] = rec
+    out["target"] = 10.0
+    return out
+
+
+def _rss_window(points: list, lo: float, hi: float) -> float | None:
+    v = [mb for f, mb in points if lo <= f < hi]
+    return statistics.median(v) if v else None
+
+
+def fig_scale(S: dict) -> dict:
+    rec = next((r for r in S["scale"] if r.get("ok")), None)
+    if rec is None:
+        return {"ok": False}
+    ranks = {}
+    for rank, pts in sorted(rec.get("rss_mb", {}).items(), key=lambda kv: int(kv[0])):
+        early = _rss_window(pts, 0.10, 0.20)
+        end = _rss_window(pts, 0.90, 1.0001)
+        ranks[rank] = {"rss_10pct_mb": early, "rss_end_mb": end,
+                       "flatness": end / early if early and end else None,
+                       "peak_mb": (rec.get("peak_rss_mb") or {}).get(rank)}
+    return {"ok": True, "wall_seconds": rec.get("wall_seconds"), "updates": rec.get("updates"),
+            "updates_per_second": rec.get("updates_per_second"), "ranks": ranks,
+            "total_seconds": rec.get("total_seconds")}
+
+
 # -- printing --------------------------------------------------------------------------------
 def fmt(s: dict | None, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
     if not s:
@@ -346,14 +561,21 @@ def table(figs: dict, reps: int, workload_desc: dict) -> str:
     rows = ["| benchmark | measure | fedast-mpi | baseline | ratio | target |",
             "|---|---|---|---|---|---|"]
     if "overhead" in figs:
-        for w, label in (("small", "default job"), ("heavy", "heavy CNN")):
+        for w in OVERHEAD:
             f = figs["overhead"][w]
-            rows.append(f"| overhead, {label} | 1-worker run `wall_seconds` vs bare PyTorch loop, s "
-                        f"| {fmt(f['run_wall_seconds'])} | {fmt(f['bare_seconds'])} "
+            rows.append(f"| overhead, {LABELS[w]} | 1-worker run `wall_seconds` vs bare PyTorch "
+                        f"loop, s | {fmt(f['run_wall_seconds'])} | {fmt(f['bare_seconds'])} "
                         f"| {fmt_ratio(f['ratio'])} | ≤ {f['target']:.2f} |")
-        for w, label in (("small", "default job"), ("heavy", "heavy CNN")):
+        for w in OVERHEAD:
             f = figs["overhead"][w]
-            rows.append(f"| overhead, {label} | whole `mpiexec` incl. start-up, s (info) "
+            rows.append(f"| overhead, {LABELS[w]} | where the run's time goes (info): worker "
+                        f"training of every update sent, s; first update at, s; after the "
+                        f"last, s | {fmt(f['worker_compute_seconds'])}; "
+                        f"{fmt(f['first_update_wall'])}; {fmt(f['after_last_update_seconds'])} "
+                        f"| {fmt(f['bare_seconds'])} | — | — |")
+        for w in OVERHEAD:
+            f = figs["overhead"][w]
+            rows.append(f"| overhead, {LABELS[w]} | whole `mpiexec` incl. start-up, s (info) "
                         f"| {fmt(f['mpiexec_total_seconds'])} | {fmt(f['bare_seconds'])} "
                         f"| ({fmt_ratio(f['ratio_incl_startup_info'])}) | — |")
     if "throughput" in figs:
@@ -375,9 +597,69 @@ def table(figs: dict, reps: int, workload_desc: dict) -> str:
         rows.append(f"| server_cpu | rank 0 loop CPU (`server_cpu_seconds`) / `wall_seconds`, "
                     f"heavy 1-worker run (info) "
                     f"| {fmt(f['server_loop_cpu_fraction'], 100, 1, ' %')} | — | — | — |")
-    lines = rows + ["", f"Medians of {reps} repetitions (min–max); ratio = median / median "
-                        f"(min–max of per-repetition ratios). Workloads: "
-                    + "; ".join(f"**{k}**: {v}" for k, v in workload_desc.items()) + "."]
+    if "transport" in figs:
+        f = figs["transport"]
+        size = f"{f['params'] / 1e6:.0f}M-parameter" if f.get("params") else "10M-parameter"
+        rows.append(f"| transport | rank 0 ingest of {size} updates (`ServerTransport` poll + "
+                    f"free) vs raw `Send`/`Recv`, GB/s "
+                    f"| {fmt(f['ingest_bytes_per_second'], 1e-9)} "
+                    f"| {fmt(f['raw_bytes_per_second'], 1e-9)} "
+                    f"| {fmt_ratio(f['ingest_ratio'])} | ≥ 0.50 |")
+        rows.append(f"| transport | the same plus the server's work (norm per update, "
+                    f"`server_step` per 5), GB/s "
+                    f"| {fmt(f['work_bytes_per_second'], 1e-9)} "
+                    f"| {fmt(f['raw_bytes_per_second'], 1e-9)} "
+                    f"| {fmt_ratio(f['work_ratio'])} | ≥ 0.50 |")
+    if "io_cost" in figs:
+        f = figs["io_cost"]
+        share = f.get("events_share_of_update")
+        share_txt = (f"; {100 * share:.2f} % of the default job's "
+                     f"{f['default_job_us_per_update']['median'] / 1e3:.2f} ms per update"
+                     if share is not None else "")
+        rows.append(f"| io_cost | µs per `/events` row, `RunLog` (flush every "
+                    f"{f['rows_per_flush']} rows) vs bare h5py appends{share_txt} "
+                    f"| {fmt(f['events_us_per_row'])} | {fmt(f['h5py_us_per_row'])} "
+                    f"| {fmt_ratio(f['events_ratio'])} | — |")
+        for label, c in f["checkpoints"].items():
+            rows.append(f"| io_cost | ms per checkpoint, {label} state "
+                        f"({c['array_bytes'] / 1e6:.2f} MB in {c['arrays']} arrays): "
+                        f"`Checkpointer.save` vs `np.save` + fsync + rename "
+                        f"| {fmt(c['product_seconds'], 1e3)} | {fmt(c['baseline_seconds'], 1e3)} "
+                        f"| {fmt_ratio(c['ratio'])} | — |")
+    if "batched" in figs:
+        f = figs["batched"]
+        big = str(max(GROUPS))
+        for m, r in f["models"].items():
+            others = ", ".join(f"G={g}: {fmt_ratio(r['groups'][str(g)]['ratio'])}"
+                               for g in GROUPS if str(g) != big)
+            rows.append(f"| batched, {m} ({r['steps']} steps, {f['device']}) | requests/s, "
+                        f"groups of {big} (vmap) vs one at a time ({others}) "
+                        f"| {fmt(r['groups'][big]['requests_per_second'], digits=1)} "
+                        f"| {fmt(r['single_requests_per_second'], digits=1)} "
+                        f"| {fmt_ratio(r['groups'][big]['ratio'])} | ≥ 10 on a GPU |")
+    if "scale" in figs:
+        f = figs["scale"]
+        if not f.get("ok"):
+            rows.append("| scale | (failed or not available) | n/a | n/a | n/a | flat |")
+        else:
+            rows.append(f"| scale | one long run (`benchmarks/scale.py`, run once): wall s, "
+                        f"updates/s | {f['wall_seconds']:.1f} s, "
+                        f"{f['updates_per_second']:.0f} updates/s | — | — | — |")
+            for rank, r in f["ranks"].items():
+                who = "server (rank 0)" if str(rank) == "0" else f"worker (rank {rank})"
+                a, b, fl = r["rss_end_mb"], r["rss_10pct_mb"], r["flatness"]
+                rows.append(f"| scale | {who} RSS at the end vs at 10–20 % of the run, MB "
+                            f"| {'n/a' if a is None else f'{a:.1f}'} "
+                            f"| {'n/a' if b is None else f'{b:.1f}'} "
+                            f"| {'n/a' if fl is None else f'{fl:.3f}×'} "
+                            f"| ≈ 1 (flat) |")
+    note = (f"Medians of {reps} repetitions (min–max); ratio = median / median (min–max of "
+            f"per-repetition ratios).")
+    if "scale" in figs:
+        note += " `scale` runs once (not repeated)."
+    if workload_desc:
+        note += " Workloads: " + "; ".join(f"**{k}**: {v}" for k, v in workload_desc.items()) + "."
+    lines = rows + ["", note]
     return "\n".join(lines)
 
 
@@ -385,14 +667,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks",
                                  description="fedast-mpi benchmarks (SPEC §11)")
     ap.add_argument("names", nargs="*", metavar="NAME",
-                    help=f"benchmarks to run (default all): {', '.join(BENCHMARKS)}")
+                    help=f"benchmarks to run (default all; scale not with --quick): "
+                         f"{', '.join(BENCHMARKS)}")
     ap.add_argument("--reps", type=int, default=None,
                     help=f"repetitions (default {DEFAULT_REPS}, --quick {QUICK_REPS})")
     ap.add_argument("--quick", action="store_true", help="smaller workloads, fewer repetitions")
     ap.add_argument("--json", default=str(HERE / "results" / "latest.json"),
                     help="where to write the JSON record (default: %(default)s)")
     args = ap.parse_args(argv)
-    names = args.names or list(BENCHMARKS)
+    names = args.names or [n for n in BENCHMARKS if not (args.quick and n in ONCE)]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         ap.error(f"unknown benchmark(s) {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})")
@@ -409,27 +692,42 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fedast-bench-"))
     samples: dict[str, list[dict]] = {k: [] for k in needed}
     try:
-        session = Session(args.quick, tmp)
+        session = Session(args.quick, tmp, needed)
         for rep in range(reps):
             for key in needed:
+                if key in ONCE and rep > 0:
+                    continue
                 rec = session.measure(key)
                 rec["rep"] = rep
                 samples[key].append(rec)
-                print(f"  rep {rep + 1}/{reps} {key:<12} {brief(key, rec)}", flush=True)
-        configs = {w.name: (w.yaml if w.yaml is not None else "(embedded default)") + (
-            "" if not w.sets else "\n# --set " + " --set ".join(w.sets))
-            for w in session.workloads.values()}
-        desc = {w.name: w.description for w in session.workloads.values()}
+                print(f"  rep {rep + 1}/{reps} {key:<20} {brief(key, rec)}", flush=True)
+        used = [w for w in session.workloads.values()
+                if any(k.split(":")[0] in ("run", "bare") and k.split(":")[1] == w.name
+                       for k in needed)
+                or ("io_cost" in needed and w.name in IO_STATES.values())]
+        configs = {w.name: session.show([(w.yaml if w.yaml is not None
+                                          else "(embedded default)") + (
+            "" if not w.sets else "\n# --set " + " --set ".join(w.sets))]) for w in used}
+        desc = {w.name: session.show([w.description]) for w in used}
+        targets = {w.name: w.target for w in session.workloads.values()}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     figs = {}
     if "overhead" in names:
-        figs["overhead"] = fig_overhead(samples)
+        figs["overhead"] = fig_overhead(samples, targets)
     if "throughput" in names:
         figs["throughput"] = fig_throughput(samples, machine["cores"] or 1)
     if "server_cpu" in names:
         figs["server_cpu"] = fig_server_cpu(samples)
+    if "transport" in names:
+        figs["transport"] = fig_transport(samples)
+    if "io_cost" in names:
+        figs["io_cost"] = fig_io_cost(samples)
+    if "batched" in names:
+        figs["batched"] = fig_batched(samples)
+    if "scale" in names:
+        figs["scale"] = fig_scale(samples)
 
     machine["loadavg_end"] = list(os.getloadavg())
     if any(r.get("ok") for r in samples.get("waitany", [])):
@@ -437,7 +735,8 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - t_start
     record = {
         "machine": machine,
-        "invocation": {"command": " ".join(["python -m benchmarks", *sys.argv[1:]]), "names": names, "reps": reps, "quick": args.quick,
+        "invocation": {"command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
+                       "names": names, "reps": reps, "quick": args.quick,
                        "elapsed_seconds": elapsed},
         "workloads": {"descriptions": desc, "configs": configs},
         "benchmarks": {

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import launch
-from test_readers import write_cifar10, write_idx_set, write_shakespeare
+from fedast_mpi.data.sample_files import write_cifar10, write_idx_set, write_shakespeare
 
 PAPER = Path(__file__).parent.parent / "configs" / "paper"
 pytestmark = pytest.mark.launch

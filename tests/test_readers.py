@@ -11,9 +11,9 @@ import pytest
 
 from fedast_mpi.catalog import DATASETS
 from fedast_mpi.data import leaf, load_task_data
+from fedast_mpi.data.sample_files import (cifar_batch, idx_bytes, write_cifar10, write_idx_set,
+                                          write_shakespeare)
 from fedast_mpi.errors import ConfigError, DataError
-
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def task(dataset, data_dir, kind="iid", alpha=0.5, spc=None, name="t0"):
@@ -38,29 +38,6 @@ def one_line_error(exc_info, *fragments):
 
 
 # ----------------------------------------------------------------------------------------- IDX
-
-def idx_bytes(arr: np.ndarray, magic: int) -> bytes:
-    arr = np.asarray(arr, dtype=np.uint8)
-    return struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
-
-
-def write_idx_set(folder, seed=0, n_train=40, n_test=12, gz=False):
-    """Four IDX files with random pixels and labels 0..9; returns the raw arrays."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"train-images-idx3-ubyte": (rng.integers(0, 256, (n_train, 28, 28)), 0x803),
-              "train-labels-idx1-ubyte": (np.arange(n_train) % 10, 0x801),
-              "t10k-images-idx3-ubyte": (rng.integers(0, 256, (n_test, 28, 28)), 0x803),
-              "t10k-labels-idx1-ubyte": ((np.arange(n_test) * 3) % 10, 0x801)}
-    for base, (arr, magic) in arrays.items():
-        data = idx_bytes(arr, magic)
-        gz_this = gz if isinstance(gz, bool) else base in gz
-        if gz_this:
-            (folder / f"{base}.gz").write_bytes(gzip.compress(data))
-        else:
-            (folder / base).write_bytes(data)
-    return {k: np.asarray(v[0]) for k, v in arrays.items()}
-
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_plain_and_gzipped(tmp_path, gz):
@@ -148,28 +125,6 @@ def test_idx_missing_file(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- CIFAR
-
-def cifar_batch(path, n, label_key, n_classes, seed, protocol=2, drop=None):
-    rng = np.random.default_rng(seed)
-    data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
-    labels = [int(v) for v in rng.integers(0, n_classes, n)]
-    batch = {b"batch_label": b"generated", b"data": data, label_key: labels, b"filenames": [b"x.png"] * n}
-    if label_key == b"fine_labels":
-        batch[b"coarse_labels"] = [v // 5 for v in labels]
-    if drop:
-        del batch[drop]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(batch, protocol=protocol))
-    return data, labels
-
-
-def write_cifar10(root, sizes=(4, 3, 5, 2, 6), n_test=7):
-    folder = root / "cifar-10-batches-py"
-    parts = [cifar_batch(folder / f"data_batch_{i + 1}", n, b"labels", 10, i, protocol=2 + i % 4)
-             for i, n in enumerate(sizes)]
-    test = cifar_batch(folder / "test_batch", n_test, b"labels", 10, 99)
-    return folder, parts, test
-
 
 def test_cifar10_shapes_normalisation_labels(tmp_path):
     folder, parts, test = write_cifar10(tmp_path)
@@ -282,32 +237,6 @@ def test_cifar_malformed(tmp_path):
 
 
 # --------------------------------------------------------------------------------- Shakespeare
-
-def text(rng, n):
-    return "".join(leaf.ALL_LETTERS[i] for i in rng.integers(0, 80, n))
-
-
-def leaf_file(path, users, counts, rng):
-    doc = {"users": users, "num_samples": counts, "user_data": {}, "hierarchies": []}
-    for u, n in zip(users, counts):
-        doc["user_data"][u] = {"x": [text(rng, 80) for _ in range(n)], "y": [text(rng, 1) for _ in range(n)]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc))
-    return doc
-
-
-SHAKES_USERS = {"a_train.json": (["ROMEO", "JULIET", "NURSE"], [5, 3, 4]),
-                "b_train.json": (["HAMLET", "OPHELIA"], [2, 6])}
-
-
-def write_shakespeare(root, seed=0):
-    """Two train files with 5 users, two test files; returns (train docs in read order, test docs)."""
-    rng = np.random.default_rng(seed)
-    train = [leaf_file(root / "train" / f, *SHAKES_USERS[f], rng) for f in sorted(SHAKES_USERS)]
-    test = [leaf_file(root / "test" / "a_test.json", ["ROMEO", "JULIET", "NURSE"], [2, 1, 1], rng),
-            leaf_file(root / "test" / "b_test.json", ["HAMLET", "OPHELIA"], [1, 2], rng)]
-    return train, test
-
 
 def user_rows(train_docs):
     """{user: [(x string, y string)]} in file order."""

@@ -1,0 +1,181 @@
+"""The benchmark scripts run and write sane records (correctness only: no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import MPIEXEC
+from fedast_mpi.data import load_task_data
+from fedast_mpi.data.sample_files import write_dataset, write_shakespeare
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def task(dataset, data_dir, kind="iid", spc=None):
+    return types.SimpleNamespace(name="t", dataset=dataset, dataset_args={}, data_dir=str(data_dir),
+                                 partition=types.SimpleNamespace(kind=kind, alpha=0.5,
+                                                                 samples_per_client=spc))
+
+
+# -- sample files --------------------------------------------------------------------------
+
+def test_sample_files_load_with_the_readers(tmp_path):
+    write_dataset("mnist", tmp_path, n_train=600, n_test=100)
+    write_dataset("fmnist", tmp_path, n_train=50, n_test=10, seed=1)
+    write_dataset("cifar10", tmp_path, n_train=603, n_test=100)  # not a multiple of 5 batches
+    write_dataset("cifar100", tmp_path, n_train=40, n_test=8)
+    write_shakespeare(tmp_path / "shakespeare")
+    shapes = {}
+    for name, kind in (("mnist", "iid"), ("fmnist", "iid"), ("cifar10", "dirichlet"),
+                       ("cifar100", "iid"), ("shakespeare", "natural")):
+        d = load_task_data(task(name, tmp_path, kind, None if kind == "natural" else 20), 4, 0)
+        shapes[name] = (tuple(d.train_x.shape), tuple(d.test_x.shape), d.n_classes)
+        assert len(d.shards) == 4
+    assert shapes == {"mnist": ((600, 1, 28, 28), (100, 1, 28, 28), 10),
+                      "fmnist": ((50, 1, 28, 28), (10, 1, 28, 28), 10),
+                      "cifar10": ((603, 3, 32, 32), (100, 3, 32, 32), 10),
+                      "cifar100": ((40, 3, 32, 32), (8, 3, 32, 32), 100),
+                      "shakespeare": ((20, 80), (7, 80), 80)}
+    with pytest.raises(ValueError, match="no sample-file writer"):
+        write_dataset("digits", tmp_path, n_train=1, n_test=1)
+
+
+def test_benchmark_workloads_are_valid_configs(tmp_path):
+    from benchmarks.workloads import workloads
+    from fedast_mpi.config import load_config
+    for quick in (True, False):
+        for w in workloads(quick, str(tmp_path)).values():
+            path = None
+            if w.yaml is not None:
+                path = tmp_path / f"{w.name}.yaml"
+                path.write_text(w.yaml)
+                yaml.safe_load(w.yaml)
+            cfg = load_config(path, list(w.sets))
+            assert cfg.run.clock == "virtual" and w.target in (1.10, 1.25)
+            for ds in w.datasets:
+                assert ds in {t.dataset for t in cfg.tasks}
+
+
+# -- scripts -------------------------------------------------------------------------------
+
+@pytest.mark.launch
+def test_transport_script_under_mpiexec(tmp_path):
+    out = tmp_path / "t.json"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "benchmarks.transport", "--params", "1000",
+           "--messages", "7", "--rounds", "2", "--posted", "2", "--window", "3", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(out.read_text())
+    assert rec["message_bytes"] == 32 + 4000 and rec["messages"] == 7
+    for phase in ("raw", "ingest", "work"):
+        assert len(rec["seconds"][phase]) == 2 and all(s > 0 for s in rec["seconds"][phase])
+        assert rec["median_bytes_per_second"][phase] > 0
+    assert rec["ingest_ratio"] > 0 and rec["work_ratio"] > 0
+    # warm-up (2 + 5 messages), then 2 rounds of 7: server_step at 5 and on the rest at the end
+    assert rec["aggregations"] == 3 * 2
+
+
+def test_transport_script_needs_two_ranks():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.transport", "--params", "10"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2 and "exactly 2 ranks" in proc.stderr
+
+
+def test_io_cost_script(tmp_path):
+    from benchmarks import io_cost
+    from fedast_mpi import __version__
+    from fedast_mpi.checkpoint import Checkpointer
+    from fedast_mpi.runlog import RunLog
+    run_dir = tmp_path / "run"
+    log = RunLog(run_dir / "run.h5", config_yaml="x: 1", algorithm="fedast", clock="virtual",
+                 seed=0, world_size=2, package_version=__version__)
+    state = {"now": 3.0, "tasks": [{"versions": {"0": np.ones(100, np.float32),
+                                                 "1": np.zeros(100, np.float32)},
+                                    "buffer": np.ones((2, 100), np.float32), "version": 1}],
+             "rng": "state", "n": 7}
+    server = types.SimpleNamespace(state_dict=lambda: state, now=3.0, wall=lambda: 1.0,
+                                   cfg=types.SimpleNamespace(
+                                       algorithm=types.SimpleNamespace(name="fedast")))
+    Checkpointer(run_dir, "x: 1", log, 1e9, 2).save(server)
+    log.close("completed")
+    out = tmp_path / "io.json"
+    assert io_cost.main(["--rows", "230", "--rows-per-flush", "50", "--rounds", "2",
+                         "--checkpoint", f"tiny={run_dir}", "--saves", "2",
+                         "--tmp", str(tmp_path / "scratch"), "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    ev = rec["events"]
+    assert len(ev["us_per_row"]["runlog"]) == 2 and ev["ratio"] > 0
+    ck = rec["checkpoints"]["tiny"]
+    assert ck["arrays"] == 3 and ck["array_bytes"] == 4 * 400
+    assert len(ck["seconds"]["product"]) == 4 and ck["ratio"] > 0
+    # the product's keep=2 and the baseline's own rotation leave two files each
+    assert len(list((tmp_path / "scratch" / "ckpt-tiny" / "checkpoints").glob("*.h5"))) == 2
+    assert len(list((tmp_path / "scratch" / "np-tiny").glob("*.npy"))) == 2
+    # the rows written through RunLog and bare h5py are the same
+    import h5py
+    with h5py.File(tmp_path / "scratch" / "runlog-0.h5", "r") as a, \
+            h5py.File(tmp_path / "scratch" / "h5py-0.h5", "r") as b:
+        assert len(a["events"]) == 230 and np.array_equal(a["events"][()], b["events"][()])
+
+
+def test_batched_script(tmp_path):
+    pytest.importorskip("fedast_mpi.batched")
+    from benchmarks import batched
+    out = tmp_path / "b.json"
+    assert batched.main(["--models", "logreg,mlp:1", "--groups", "1,2", "--requests", "2",
+                         "--steps", "2", "--rounds", "1", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["device"] == "cpu" and set(rec["models"]) == {"logreg", "mlp"}
+    m = rec["models"]["mlp"]
+    assert m["steps"] == 1 and set(m["ratio"]) == {"1", "2"} and m["median_single"] > 0
+    assert max(m["max_abs_delta_difference"].values()) < 1e-4
+    with pytest.raises(SystemExit):
+        batched.main(["--requests", "3", "--groups", "2"])
+
+
+# -- the driver's figures and table (synthetic samples) ------------------------------------
+
+def test_driver_figures_and_table():
+    from benchmarks import __main__ as drv
+    tr = {"ok": True, "median_bytes_per_second": {"raw": 4e9, "ingest": 3e9, "work": 1e9},
+          "ingest_ratio": 0.75, "work_ratio": 0.25, "params": 10_000_000,
+          "message_bytes": 40_000_032, "messages": 20, "rounds": 2}
+    io = {"ok": True, "rows_per_flush": 100,
+          "events": {"median_us_per_row": {"runlog": 10.0, "h5py": 5.0}},
+          "checkpoints": {"default job": {"median_seconds": {"product": 0.02, "baseline": 0.01},
+                                          "array_bytes": 10**6, "file_bytes": 2 * 10**6,
+                                          "arrays": 9}}}
+    model = {"median_single": 10.0, "steps": 27, "n_params": 650,
+             "median_batched": {"1": 5.0, "4": 20.0, "16": 40.0}}
+    ba = {"ok": True, "device": "cpu", "models": {"logreg": model}}
+    sc = {"ok": True, "wall_seconds": 30.0, "updates": 3000, "updates_per_second": 100.0,
+          "rss_mb": {"0": [[0.05, 100], [0.15, 110], [0.95, 111]], "1": [[0.5, 90]]},
+          "peak_rss_mb": {"0": 111, "1": 90}}
+    S = {"transport": [tr, {"ok": False}], "io_cost": [io],
+         "run:small:2": [{"ok": True, "wall_seconds": 2.0, "updates_processed": 400}],
+         "batched": [ba], "scale": [sc]}
+    figs = {"transport": drv.fig_transport(S), "io_cost": drv.fig_io_cost(S),
+            "batched": drv.fig_batched(S), "scale": drv.fig_scale(S)}
+    assert figs["transport"]["ingest_ratio"]["value"] == pytest.approx(0.75)
+    assert figs["io_cost"]["events_share_of_update"] == pytest.approx(10.0 / 5000.0)
+    assert figs["batched"]["models"]["logreg"]["groups"]["16"]["ratio"]["value"] == 4.0
+    assert figs["scale"]["ranks"]["0"]["flatness"] == pytest.approx(111 / 110)
+    assert figs["scale"]["ranks"]["1"]["flatness"] is None
+    text = drv.table(figs, 1, {})
+    assert text.count("\n| ") == 2 + 2 + 1 + 3  # rows after the header
+    assert "0.75×" in text and "4.00×" in text and "1.009×" in text
+
+
+def test_driver_rejects_unknown_names(capsys):
+    from benchmarks import __main__ as drv
+    with pytest.raises(SystemExit):
+        drv.main(["nope"])
+    assert "unknown benchmark" in capsys.readouterr().err
