@@ -43,6 +43,12 @@ class TaskRunner:
     def n_params(self) -> list[int]:
         return [fm.n_params for fm in self.models]
 
+    def resident(self, model: np.ndarray):
+        """A received model version, kept where training reads it: on a GPU it is copied
+        there once, not once per request; on the CPU it is the same memory."""
+        t = torch.from_numpy(model)
+        return t if self.device.type == "cpu" else t.to(self.device)
+
     def initial_model(self, task: int) -> np.ndarray:
         """The task's version-0 model as a flat float32 vector."""
         return self.models[task].numpy()

@@ -478,7 +478,8 @@ class ServerBase:
                            wall_seconds=self.wall(), server_wait_seconds=wait.wall,
                            server_wait_cpu_seconds=wait.cpu,
                            server_cpu_seconds=time.process_time() - self.cpu0,
-                           compute_seconds=self.executor.compute_seconds)
+                           compute_seconds=self.executor.compute_seconds,
+                           group_sizes=np.array(self.group_sizes, np.int32))
 
 
 def pack_updates(ups: list[Update], d: int) -> tuple[np.ndarray, np.ndarray]:

@@ -67,10 +67,14 @@ def local_train(fm: FlatModel, base: np.ndarray, x: torch.Tensor, y: torch.Tenso
 
 
 def write_delta(delta: torch.Tensor, out: np.ndarray | None) -> np.ndarray:
-    """A delta tensor (any device) as a CPU float32 array: into `out` when given."""
+    """A delta tensor (any device) as a CPU float32 array: into `out` when given.
+
+    The copy into `out` is queued without waiting (pinned memory on a GPU); the caller's
+    next read of a device value (the loss) is the one synchronisation per request.
+    """
     if out is None:
         return delta.to("cpu").numpy()
-    torch.from_numpy(out).copy_(delta)
+    torch.from_numpy(out).copy_(delta, non_blocking=True)
     return out
 
 

@@ -267,13 +267,14 @@ class WorkerTransport:
     def message(self, n_params: int) -> np.ndarray:
         """An update message buffer for a model of n_params (recycled, or new)."""
         pool = self.spare.get(P.HEADER_BYTES + 4 * n_params)
-        if pool:
-            return pool.pop()
+        return pool.pop() if pool else self._buffer(P.HEADER_BYTES + 4 * n_params)
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        """New bytes for a message: page-locked on a CUDA worker (fast, async copies)."""
         if self.pinned:
             import torch
-            return torch.empty(P.HEADER_BYTES + 4 * n_params, dtype=torch.uint8,
-                               pin_memory=True).numpy()
-        return P.update_message(n_params)
+            return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()
+        return np.empty(nbytes, np.uint8)
 
     def poll_ctrl(self):
         """The next control header from the server, or None."""
@@ -285,7 +286,7 @@ class WorkerTransport:
 
     def recv_model(self, n_params: int) -> np.ndarray:
         """The model vector that follows a MODEL header (sent right after it)."""
-        arr = np.empty(n_params, np.float32)
+        arr = self._buffer(4 * n_params).view(np.float32)
         req = self.comm.Irecv([arr, MPI.FLOAT], 0, P.TAG_MODEL)
         backoff = Backoff()
         while not req.Test():

@@ -73,8 +73,8 @@ class Worker:
                 self.enqueue(msg)
             elif kind == P.MODEL:
                 version = int(msg["version"])
-                self.models.setdefault(task, {})[version] = self.transport.recv_model(
-                    int(msg["n_params"]))
+                self.models.setdefault(task, {})[version] = self.runner.resident(
+                    self.transport.recv_model(int(msg["n_params"])))
                 self.newest[task] = version
                 self.evict(task)
             elif kind == P.CANCEL_TASK:
