@@ -121,10 +121,10 @@ def workloads(quick: bool, data_dir: str = "DATA_DIR") -> dict[str, Workload]:
     heavy_time = 15 if quick else 30
     # Virtual time: a request lasts 27 x tier x (shift + Exp(2 shift)) (about 6 units for
     # MNIST, 9 for CIFAR-10; the first ones finish after about 2) and 150 are outstanding:
-    # max_time sets how many finish. On the reference 2-core machine: MNIST ~150 updates
-    # (--quick) / ~350, CIFAR-10 ~6 / ~12 updates (one CIFAR request trains ~0.8 s on a core).
-    mnist_time = 10 if quick else 20
-    cifar_time = 2.7 if quick else 3.2
+    # max_time sets how many finish: MNIST ~70 updates (--quick) / ~250, CIFAR-10 5 / 10
+    # updates (one CIFAR request trains ~0.8 s on a core of the reference machine).
+    mnist_time = 6 if quick else 15
+    cifar_time = 2.6 if quick else 3.0
     return {
         "small": Workload(
             "small",

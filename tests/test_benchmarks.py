@@ -153,9 +153,12 @@ def test_driver_figures_and_table():
           "checkpoints": {"default job": {"median_seconds": {"product": 0.02, "baseline": 0.01},
                                           "array_bytes": 10**6, "file_bytes": 2 * 10**6,
                                           "arrays": 9}}}
-    model = {"median_single": 10.0, "steps": 27, "n_params": 650,
-             "median_batched": {"1": 5.0, "4": 20.0, "16": 40.0}}
-    ba = {"ok": True, "device": "cpu", "models": {"logreg": model}}
+    model = {"steps": 27, "n_params": 650, "single_requests_per_second": [10.0, 9.0, 11.0],
+             "batched_requests_per_second": {"1": [5.0] * 3, "4": [20.0] * 3,
+                                             "16": [40.0, 36.0, 44.0]},
+             "ratio_rounds": {"1": [0.5, 5 / 9, 5 / 11], "4": [2.0, 20 / 9, 20 / 11],
+                              "16": [4.0, 4.0, 4.0]}}
+    ba = {"ok": True, "device": "cpu", "rounds": 3, "models": {"logreg": model}}
     sc = {"ok": True, "wall_seconds": 30.0, "updates": 3000, "updates_per_second": 100.0,
           "rss_mb": {"0": [[0.05, 100], [0.15, 110], [0.95, 111]], "1": [[0.5, 90]]},
           "peak_rss_mb": {"0": 111, "1": 90}}
@@ -166,7 +169,8 @@ def test_driver_figures_and_table():
             "batched": drv.fig_batched(S), "scale": drv.fig_scale(S)}
     assert figs["transport"]["ingest_ratio"]["value"] == pytest.approx(0.75)
     assert figs["io_cost"]["events_share_of_update"] == pytest.approx(10.0 / 5000.0)
-    assert figs["batched"]["models"]["logreg"]["groups"]["16"]["ratio"]["value"] == 4.0
+    g16 = figs["batched"]["models"]["logreg"]["groups"]["16"]
+    assert g16["ratio"]["value"] == 4.0 and g16["requests_per_second"]["min"] == 36.0
     assert figs["scale"]["ranks"]["0"]["flatness"] == pytest.approx(111 / 110)
     assert figs["scale"]["ranks"]["1"]["flatness"] is None
     text = drv.table(figs, 1, {})
