@@ -91,8 +91,8 @@ class Checkpointer:
 
     def tick(self, server) -> None:
         """Checkpoint when due; on a signal checkpoint and raise Interrupted."""
-        from fedast_mpi.server import Interrupted
         if self.signals is not None and self.signals.poll():
+            from fedast_mpi.server import Interrupted
             self.save(server)
             raise Interrupted(f"interrupted by {self.signals.received}")
         if time.monotonic() - self.last >= self.every:

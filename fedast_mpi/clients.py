@@ -53,6 +53,10 @@ class ClientPool:
     and finishes after one duration draw (PAPER.md §1.4). The availability cap
     limits the number of distinct clients with pending work; a busy client can
     always take more (its queue grows).
+
+    The per-client state lives in Python lists (`schedule`/`release` run once per request
+    on the server's hot path, where numpy scalar indexing costs more than the work);
+    `busy_until` and `pending` give numpy copies.
     """
 
     def __init__(self, tier: np.ndarray, multiplier: np.ndarray, delays: list[DelayModel],
@@ -63,14 +67,25 @@ class ClientPool:
         self.seed = seed
         self.available = available
         n = len(tier)
-        self.busy_until = np.zeros(n, np.float64)
-        self.pending = np.zeros(n, np.int64)
+        self._mult = [float(m) for m in multiplier]  # exact: float32 -> float
+        self._busy = [0.0] * n
+        self._pending = [0] * n
         self.n_busy = 0
         self._streams: dict[tuple[int, int], np.random.Generator] = {}
 
     @property
     def count(self) -> int:
         return len(self.tier)
+
+    @property
+    def busy_until(self) -> np.ndarray:
+        """Each client's busy-until time (a float64 copy)."""
+        return np.array(self._busy, np.float64)
+
+    @property
+    def pending(self) -> np.ndarray:
+        """Each client's number of pending requests (an int64 copy)."""
+        return np.array(self._pending, np.int64)
 
     def stream(self, client: int, task: int) -> np.random.Generator:
         """The delay stream of (client, task), created on first use."""
@@ -82,38 +97,40 @@ class ClientPool:
 
     def can_accept(self, client: int) -> bool:
         """False when the client is idle and the cap of busy clients is reached."""
-        return self.available is None or self.pending[client] > 0 or self.n_busy < self.available
+        return (self.available is None or self._pending[client] > 0
+                or self.n_busy < self.available)
 
     def schedule(self, client: int, task: int, now: float) -> tuple[float, float]:
         """Queue one request of `task` on `client` at `now`; returns (start, finish)."""
-        duration = self.delays[task].draw(self.stream(client, task), self.multiplier[client])
-        start = max(now, float(self.busy_until[client]))
+        duration = self.delays[task].draw(self.stream(client, task), self._mult[client])
+        start = max(now, self._busy[client])
         finish = start + duration
-        self.busy_until[client] = finish
-        if self.pending[client] == 0:
+        self._busy[client] = finish
+        if self._pending[client] == 0:
             self.n_busy += 1
-        self.pending[client] += 1
+        self._pending[client] += 1
         return start, finish
 
     def release(self, client: int) -> None:
         """A request of the client was processed or cancelled (its queue time stays)."""
-        self.pending[client] -= 1
-        if self.pending[client] == 0:
+        n = self._pending[client] - 1
+        self._pending[client] = n
+        if n == 0:
             self.n_busy -= 1
-        elif self.pending[client] < 0:
+        elif n < 0:
             raise RuntimeError(f"client {client} released more requests than it had")
 
     def state_dict(self) -> dict:
         """Queues, pending counts and every delay stream's exact position (for checkpoints)."""
         keys = sorted(self._streams)
-        return {"busy_until": self.busy_until.copy(), "pending": self.pending.copy(),
+        return {"busy_until": self.busy_until, "pending": self.pending,
                 "n_busy": int(self.n_busy),
                 "stream_keys": np.array(keys, np.int64).reshape(-1, 2),
                 "stream_states": json.dumps([self._streams[k].bit_generator.state for k in keys])}
 
     def load_state_dict(self, state: dict) -> None:
-        self.busy_until = np.array(state["busy_until"], np.float64)
-        self.pending = np.array(state["pending"], np.int64)
+        self._busy = [float(x) for x in np.asarray(state["busy_until"], np.float64)]
+        self._pending = [int(x) for x in np.asarray(state["pending"], np.int64)]
         self.n_busy = int(state["n_busy"])
         self._streams = {}
         for (client, task), st in zip(np.asarray(state["stream_keys"]).reshape(-1, 2),
