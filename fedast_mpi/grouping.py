@@ -48,9 +48,11 @@ def group_sizes(batch_requests: int, device_type: str, models: list) -> list[int
 class Grouper:
     """Between a server and its executor: forms the groups, forwards everything else."""
 
-    def __init__(self, inner, sizes: list[int]):
+    def __init__(self, inner, sizes: list[int], horizon: float = float("inf")):
         self.inner = inner
         self.sizes = list(sizes)
+        self.horizon = horizon
+        self.parked: set[int] = set()  # finish after the horizon: never needed, never sent
         self.pending: list[list[tuple]] = [[] for _ in self.sizes]  # (req, model, release)
         self.pending_task: dict[int, int] = {}  # request id -> task, for pending requests
         self.group_of: dict[int, int] = {}  # request id -> group id, sent groups of > 1
@@ -72,7 +74,14 @@ class Grouper:
         self.inner.compute_seconds = value
 
     def submit(self, req, model: np.ndarray, release_wall: float = 0.0) -> None:
-        """Queue a request into its task's pending group (sent at once when groups are off)."""
+        """Queue a request into its task's pending group (sent at once when groups are off).
+
+        A request finishing after the horizon (the virtual clock's max_time) is kept back:
+        the run ends before its update would be processed, so training it is waste.
+        """
+        if req.finish_time > self.horizon:
+            self.parked.add(req.id)
+            return
         if self.sizes[req.task] <= 1:
             self.send([(req, model, release_wall)])
             return
@@ -119,7 +128,9 @@ class Grouper:
         return self.inner.poll(timeout)
 
     def discard(self, rid: int) -> None:
-        if self.ready.pop(rid, None) is None:
+        if rid in self.parked:
+            self.parked.discard(rid)
+        elif self.ready.pop(rid, None) is None:
             task = self.pending_task.pop(rid, None)
             if task is None:
                 self.inner.discard(rid)
@@ -127,7 +138,7 @@ class Grouper:
                 self.pending[task] = [it for it in self.pending[task] if it[0].id != rid]
         self._consumed(rid)
 
-    def cancel_task(self, task: int) -> None:
+    def cancel_task(self, task: int) -> None:  # (its requests were discarded one by one)
         for req, _, _ in self.pending[task]:
             del self.pending_task[req.id]
         self.pending[task] = []

@@ -140,11 +140,13 @@ class ServerBase:
                  fresh: bool = True):
         self.cfg = cfg
         self.runner = runner
-        self.group_sizes = group_sizes(cfg.run.batch_requests, runner.device.type, runner.models)
-        self.executor = Grouper(executor, self.group_sizes)
         self.log = runlog
         self.progress = progress
         self.real = cfg.run.clock == "real"
+        self.group_sizes = group_sizes(cfg.run.batch_requests, runner.device.type, runner.models)
+        # Virtual clock: a request finishing after max_time is never processed, never sent.
+        self.executor = Grouper(executor, self.group_sizes,
+                                math.inf if self.real else cfg.run.max_time)
         self.seed = cfg.run.seed
         tier, mult = assign_tiers(cfg.clients.count, cfg.clients.tiers, self.seed)
         delays = [DelayModel(t.delay.shift, t.delay.exp_mean, t.delay.local_multi) for t in cfg.tasks]

@@ -118,8 +118,9 @@ class Recorder:
         self.cancelled.append(task)
 
 
-def req(rid, task=0):
-    return types.SimpleNamespace(id=rid, task=task, group=-1)
+def req(rid, task=0, finish=None):
+    return types.SimpleNamespace(id=rid, task=task, group=-1,
+                                 finish_time=float(rid if finish is None else finish))
 
 
 def test_groups_fill_flush_early_and_skip_single_tasks():
@@ -165,3 +166,13 @@ def test_open_groups_are_pulled_for_a_checkpoint_and_resubmitted_exactly():
     assert g2.wait_for(2).delta[0] == 2 and inner2.groups == [[3, 4, 5]]
     g2.wait_for(7)
     assert inner2.groups[-1] == [6, 7]
+
+
+def test_requests_past_the_horizon_are_never_sent():
+    inner = Recorder()
+    g = Grouper(inner, [1], horizon=10.0)
+    g.submit(req(0, finish=10.0), None)
+    g.submit(req(1, finish=10.5), None)
+    assert inner.groups == [[0]] and g.parked == {1}
+    g.discard(1)  # its task completed: nothing to tell the executor
+    assert inner.discarded == [] and not g.parked
