@@ -334,9 +334,12 @@ class ServerBase:
         raise NotImplementedError
 
     def begin(self) -> None:
-        """The first steps of every algorithm: initial allocation rows and version-0 evaluations."""
+        """The first step of every algorithm: the initial allocation rows."""
         for t in self.tasks:
             self.log_allocation(t)
+
+    def evaluate_initial(self) -> None:
+        """Version 0 of every task (a task already at its target completes at time 0)."""
         for t in self.tasks:
             self.evaluate(t)
 

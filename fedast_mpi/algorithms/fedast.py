@@ -44,11 +44,16 @@ class FedAST(ServerBase):
             self.reallocator.load_state_dict(state["realloc"])
 
     def start(self) -> None:
+        """The initial burst, then version 0's evaluations: workers train while rank 0 evaluates.
+
+        (A task whose initial model already meets its target completes at time 0 and its
+        burst is cancelled, as at any other completion.)
+        """
         self.begin()
         for t in self.tasks:  # the initial burst ignores the availability cap (PAPER.md §1.3)
-            if not t.finished:
-                for _ in range(t.requests):
-                    self.dispatch(t, cap=False)
+            for _ in range(t.requests):
+                self.dispatch(t, cap=False)
+        self.evaluate_initial()
 
     def process(self, req, upd) -> None:
         """PAPER.md §1.3: buffer, Realloc when due, aggregate when full, replacements."""

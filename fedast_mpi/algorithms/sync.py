@@ -71,6 +71,7 @@ class Sync(ServerBase):
 
     def start(self) -> None:
         self.begin()
+        self.evaluate_initial()
         self.start_round()
 
     # -- a round -----------------------------------------------------------------------
