@@ -20,9 +20,9 @@ def buffer_mean(deltas: Sequence[np.ndarray]) -> np.ndarray:
 
 def server_step(model: np.ndarray, deltas: Sequence[np.ndarray], global_lr: float) -> np.ndarray:
     """FedAST/FedBuff server update x + η_s · mean(δ), as a NEW array (old versions stay intact)."""
-    mean = buffer_mean(deltas)
-    mean *= np.float32(global_lr)
-    return model + mean
+    out = buffer_mean(deltas)
+    out *= np.float32(global_lr)
+    return np.add(model, out, out=out)  # model + mean in place of the mean: one new array
 
 
 def polynomial_staleness_weight(staleness: int, exponent: float = 0.5) -> float:
