@@ -13,8 +13,8 @@ one untimed warm-up round (first touch of every buffer):
           in flight, W recycled buffers from `protocol.update_message`), rank 0
           `ServerTransport(comm, [N], arrival_order=True, posted=P)`: updates come out of
           `poll()` as views of their landing slots and are handed back with `free()`.
-  work    ingest plus the server's own work per update: `np.linalg.norm(delta)` (as
-          `server.accept`) and, every B updates, `aggregation.server_step(model, deltas, 1.0)`
+  work    ingest plus the server's own work per update: the finiteness check of the norm
+          the worker computed (as `server.accept`) and, every B updates, `aggregation.server_step(model, deltas, 1.0)`
           before the B slots are freed (as `server.aggregate`).
 
 Every phase's figure is bytes/s of messages fully processed on rank 0, timed from a barrier
@@ -80,7 +80,8 @@ class Receiver:
                 if not work:
                     st.free(upd)
                     continue
-                norm = float(np.linalg.norm(upd.delta))
+                # as server.accept: the worker's norm from the header (else computed here)
+                norm = float(np.linalg.norm(upd.delta)) if upd.norm is None else upd.norm
                 if not np.isfinite(norm):
                     raise RuntimeError("non-finite update")
                 buffer.append(upd)
@@ -130,6 +131,7 @@ class Sender:
         for _ in range(args.window):
             buf = P.update_message(args.params)
             P.update_payload(buf)[:] = payload
+            P.update_header(buf)["norm"] = np.linalg.norm(payload)  # as the worker loop does
             self.bufs.append(buf)
         self.wt = WorkerTransport(comm)
         self.next_id = 0

@@ -20,6 +20,8 @@ class Update:
     n_samples: int
     delta: np.ndarray
     slot: object = None
+    norm: float | None = None
+    """L2 norm of delta as numpy computes it in float32 (by the worker); None: not known yet."""
 
 
 class WaitClock:

@@ -10,7 +10,8 @@ sorted by request id; only MODEL messages may come between them) that the
 worker trains as one batch (fedast_mpi.grouping, fedast_mpi.batched).
 
 Worker -> server: one message per update on TAG_UPDATE + task: UPDATE_HEADER
-bytes followed by the flat float32 delta, received straight into a landing
+bytes (with the delta's L2 norm, computed by the worker where the delta is hot, so
+rank 0 never reads it just for the event log) followed by the flat float32 delta, received straight into a landing
 slot of that task's pool (the FedAST buffer holds the slot: no copy). A worker
 that stops sends FINAL (its count of updates sent) so the server can drain;
 a worker that fails sends its error line on TAG_ERROR so that rank 0 can mark
@@ -43,7 +44,7 @@ assert CTRL_DTYPE.itemsize == 64
 
 UPDATE_DTYPE = np.dtype([
     ("request", "<i8"), ("task", "<i4"), ("worker", "<i4"),
-    ("train_loss", "<f4"), ("n_samples", "<i4"), ("compute", "<f4"), ("pad", "<i4"),
+    ("train_loss", "<f4"), ("n_samples", "<i4"), ("compute", "<f4"), ("norm", "<f4"),
 ])
 HEADER_BYTES = UPDATE_DTYPE.itemsize
 assert HEADER_BYTES == 32

@@ -359,7 +359,7 @@ class ServerBase:
         t = self.tasks[req.task]
         del t.outstanding[req.id]
         self.clients.release(req.client)
-        norm = float(np.linalg.norm(upd.delta))
+        norm = float(np.linalg.norm(upd.delta)) if upd.norm is None else upd.norm
         if not math.isfinite(norm):
             raise FedastError(f"task {t.name}: non-finite update (request {req.id}, client "
                               f"{req.client}, worker {upd.worker}); lower local_lr?")

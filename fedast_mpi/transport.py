@@ -124,7 +124,7 @@ class ServerTransport:
                 self.free_slots[task].append(buf)
                 continue
             upd = Update(rid, task, worker, float(hdr["train_loss"]), int(hdr["n_samples"]),
-                         P.update_payload(buf), buf)
+                         P.update_payload(buf), buf, float(hdr["norm"]))
             if self.arrival_order:
                 self.arrivals.append(upd)
             else:

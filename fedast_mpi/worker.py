@@ -131,7 +131,7 @@ class Worker:
             hdr = P.update_header(buf)
             hdr["request"], hdr["task"], hdr["worker"] = rid, task, self.rank
             hdr["train_loss"], hdr["n_samples"] = loss, n
-            hdr["compute"], hdr["pad"] = compute, 0
+            hdr["compute"], hdr["norm"] = compute, np.linalg.norm(P.update_payload(buf))
             self.trained += 1
             self.needed[(task, version)] -= 1
             if not self.needed[(task, version)]:
