@@ -153,7 +153,7 @@ class Sender:
             self.reusable(buf)
             hdr = P.update_header(buf)
             hdr["request"], hdr["task"], hdr["worker"] = self.next_id, 0, 1
-            hdr["train_loss"], hdr["n_samples"], hdr["compute"], hdr["pad"] = 1.0, 1, 0.0, 0
+            hdr["train_loss"], hdr["n_samples"], hdr["compute"] = 1.0, 1, 0.0
             self.wt.send_update(buf, 0)
             self.next_id += 1
         wait_polite([r for r, _ in self.wt.sends])
