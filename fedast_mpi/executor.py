@@ -65,7 +65,8 @@ class InProcessExecutor:
         for req, _, release_wall in items:
             req.worker = 0
             self.pending[req.id] = members
-            heapq.heappush(self.due, (release_wall, req.id))
+            if release_wall:  # real clock only: `poll` reads (and empties) `due`, `wait_for` never
+                heapq.heappush(self.due, (release_wall, req.id))
 
     def _run(self, rid: int) -> Update:
         if rid in self.done:

@@ -88,7 +88,11 @@ class ServerTransport:
         self.arrivals: list[Update] = []
         self.discarded: set[int] = set()
         self.sends: list[tuple[MPI.Request, object]] = []
-        self.models_sent: Counter = Counter()  # (worker, task, version) -> times sent (always 1)
+        # models sent, and sends of a version not newer than one the worker already got for
+        # that task (always 0): bounded, unlike a Counter of every (worker, task, version)
+        self.model_sends = 0
+        self.model_resends = 0
+        self.newest_sent: dict[tuple[int, int], int] = {}
         self.wait = WaitClock()
 
     # -- receiving ---------------------------------------------------------
@@ -206,7 +210,11 @@ class ServerTransport:
                                    n_params=model.size), w, P.TAG_CTRL)
                 self._isend(model, w, P.TAG_MODEL, MPI.FLOAT)
                 self.latest[(w, req.task)] = req.base_version
-                self.models_sent[(w, req.task, req.base_version)] += 1
+                self.model_sends += 1
+                if req.base_version <= self.newest_sent.get((w, req.task), -1):
+                    self.model_resends += 1
+                else:
+                    self.newest_sent[(w, req.task)] = req.base_version
             self._isend(P.ctrl(P.REQUEST, task=req.task, client=req.client, request=req.id,
                                version=req.base_version, seed=req.seed,
                                finish_time=req.finish_time, release_wall=release_wall,

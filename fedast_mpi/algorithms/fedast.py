@@ -78,10 +78,12 @@ class FedAST(ServerBase):
 
     def replace(self, t: TaskState) -> None:
         """Reserve K new requests of t, sent once the current batch is processed."""
-        unfinished = [u for u in self.tasks if not u.finished]
-        args = (t.requests, len(t.outstanding) + t.reserved,
-                sum(u.requests for u in unfinished),
-                sum(len(u.outstanding) + u.reserved for u in unfinished))
+        total_r = total_a = 0
+        for u in self.tasks:
+            if not u.finished:
+                total_r += u.requests
+                total_a += len(u.outstanding) + u.reserved
+        args = (t.requests, len(t.outstanding) + t.reserved, total_r, total_a)
         if self.dynamic:
             k = realloc.replacement_count(self.variant, *args)
         else:
