@@ -19,6 +19,8 @@ stored with it, since retraining them in a smaller group could change their bits
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from fedast_mpi.executor import Update
@@ -82,8 +84,9 @@ class Grouper:
         if req.finish_time > self.horizon:
             self.parked.add(req.id)
             return
-        if self.sizes[req.task] <= 1:
-            self.send([(req, model, release_wall)])
+        if self.sizes[req.task] <= 1:  # the common case, on the server's hot path
+            req.group = req.id
+            self.inner.submit_group([(req, model, release_wall)])
             return
         pending = self.pending[req.task]
         pending.append((req, model, release_wall))
@@ -169,8 +172,8 @@ class Grouper:
         for gid in [g for g, left in self.left.items() if len(left) < self.size_of[g]]:
             for rid in sorted(self.left.pop(gid)):
                 upd = self.inner.wait_for(rid)
-                self.ready[rid] = Update(upd.request, upd.task, upd.worker, upd.train_loss,
-                                         upd.n_samples, np.array(upd.delta, np.float32))
+                self.ready[rid] = dataclasses.replace(upd, delta=np.array(upd.delta, np.float32),
+                                                      slot=None)
                 self.inner.free(upd)
                 del self.group_of[rid]
             del self.size_of[gid]

@@ -88,11 +88,10 @@ class ServerTransport:
         self.arrivals: list[Update] = []
         self.discarded: set[int] = set()
         self.sends: list[tuple[MPI.Request, object]] = []
-        # models sent, and sends of a version not newer than one the worker already got for
-        # that task (always 0): bounded, unlike a Counter of every (worker, task, version)
+        # models sent, and sends of a version older than the worker's newest of that task
+        # (always 0: `latest` only moves forward), bounded, unlike a record of every version
         self.model_sends = 0
         self.model_resends = 0
-        self.newest_sent: dict[tuple[int, int], int] = {}
         self.wait = WaitClock()
 
     # -- receiving ---------------------------------------------------------
@@ -205,16 +204,14 @@ class ServerTransport:
         self.load[w] += len(items)
         for req, model, release_wall in items:
             req.worker = w
-            if self.latest.get((w, req.task)) != req.base_version:
+            held = self.latest.get((w, req.task))
+            if held != req.base_version:
                 self._isend(P.ctrl(P.MODEL, task=req.task, version=req.base_version,
                                    n_params=model.size), w, P.TAG_CTRL)
                 self._isend(model, w, P.TAG_MODEL, MPI.FLOAT)
                 self.latest[(w, req.task)] = req.base_version
                 self.model_sends += 1
-                if req.base_version <= self.newest_sent.get((w, req.task), -1):
-                    self.model_resends += 1
-                else:
-                    self.newest_sent[(w, req.task)] = req.base_version
+                self.model_resends += held is not None and req.base_version < held
             self._isend(P.ctrl(P.REQUEST, task=req.task, client=req.client, request=req.id,
                                version=req.base_version, seed=req.seed,
                                finish_time=req.finish_time, release_wall=release_wall,
