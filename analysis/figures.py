@@ -60,8 +60,8 @@ def accuracy_figures(groups: dict[str, dict[int, Run]], out: Path, pdf: bool = F
     tasks: dict[str, set[float]] = {}
     for by_seed in groups.values():
         for run in by_seed.values():
-            for t in run.tasks:
-                tasks.setdefault(t.name, set()).add(t.target)
+            for task_run in run.tasks:
+                tasks.setdefault(task_run.name, set()).add(task_run.target)
     written = []
     for task, targets in tasks.items():
         fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -198,7 +198,8 @@ def utilisation(run: Run, bins: int = UTILISATION_BINS):
     Compute spans are not logged, so this measures what the server saw: the wall time at which
     it processed each update (accepted or not) and the worker rank that sent it. Only the
     worker ranks count (see `worker_ranks`): rows of requests never trained (worker -1: sync
-    jobs beyond first-k) are left out. The bins span the first to the last such update (start-up is not counted).
+    jobs beyond first-k) are left out. The bins span the first to the last such update
+    (start-up is not counted).
     Returns (bin centres [s], updates per second per worker, fraction of the workers that
     delivered at least one update in the bin, number of workers), or None without updates.
     """
@@ -225,7 +226,7 @@ def utilisation_figure(groups: dict[str, dict[int, Run]], out: Path, pdf: bool =
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for algorithm, by_seed in groups.items():
         first = True
-        for seed, run in by_seed.items():
+        for run in by_seed.values():
             u = utilisation(run)
             if u is None:
                 continue

@@ -1,12 +1,13 @@
-"""The paper's metric (PAPER.md §5.6) computed from run files.
+"""The paper's metric (PAPER.md §5.6) computed from run files: the one place it is defined
+(`fedast-mpi compare` and `fedast-mpi report` both print it from here).
 
-Reimplements the few lines of `fedast_mpi.compare.read_times` / `summarize` (which import the
-config machinery, so not importable here): the time to target of a task is the simulated time of
-its first evaluation with accuracy >= target (the task's `reached_time` attribute; here it is
-recomputed from `/tasks/<name>/eval` and cross-checked), the time to completion is the largest of
-them (inf if a task never reached its target), and the gain of a reference algorithm over a
-baseline is (T_baseline − T_reference) / T_baseline on the time to completion of the same seed,
-reported as mean and sample standard deviation (ddof=1) over seeds.
+The time to target of a task is the simulated time of its first evaluation with accuracy >=
+target (recomputed from `/tasks/<name>/eval` and cross-checked against the task's `reached_time`
+attribute), the time to completion is the largest of them (inf if a task never reached its
+target), and the gain of a reference algorithm over a baseline is (T_baseline − T_reference) /
+T_baseline on the time to completion of the same seed, reported as mean and sample standard
+deviation (ddof=1) over seeds. A run that never reaches its target is left out of the mean and
+counted ("n not reached"); where only the baseline missed, the gain has a lower bound.
 """
 
 from __future__ import annotations
@@ -155,3 +156,19 @@ def paired_gains(reference: dict[int, RunTimes], baseline: dict[int, RunTimes],
         else:
             gains.append(math.nan)
     return gains, bounds
+
+
+def format_gain(gains: list[float], bounds: list[float]) -> str:
+    """A table cell for `paired_gains`' output: mean ± std in %, and the lower bound over the
+    seeds where only the baseline missed its target."""
+    stat = Stat.of(gains)
+    parts = []
+    if stat.n:
+        parts.append(stat.format(scale=100.0, unit=" %"))
+    elif stat.n_missing:
+        parts.append("reference not reached" if not bounds else "")
+    if bounds:
+        parts.append(f"≥ {100.0 * min(bounds):.1f} % on {len(bounds)} seed"
+                     f"{'s' if len(bounds) != 1 else ''} (baseline not reached)")
+    text = "; ".join(p for p in parts if p)
+    return text or "—"

@@ -71,20 +71,6 @@ def _fmt_time(value: float) -> str:
     return "not reached" if math.isinf(value) else ("—" if math.isnan(value) else f"{value:.1f}")
 
 
-def _gain_cell(gains: list[float], bounds: list[float]) -> str:
-    stat = metrics.Stat.of(gains)
-    parts = []
-    if stat.n:
-        parts.append(stat.format(scale=100.0, unit=" %"))
-    elif stat.n_missing:
-        parts.append("reference not reached" if not bounds else "")
-    if bounds:
-        parts.append(f"≥ {100.0 * min(bounds):.1f} % on {len(bounds)} seed"
-                     f"{'s' if len(bounds) != 1 else ''} (baseline not reached)")
-    text = "; ".join(p for p in parts if p)
-    return text or "—"
-
-
 def build_report(runs: list[Run], reference: str | None = None,
                  baselines: Sequence[str] = ()) -> dict:
     """Everything the report writes, as data: groups, times, chosen algorithms, warnings."""
@@ -131,7 +117,7 @@ def markdown(rep: dict, figure_files: Sequence[Path] = ()) -> str:
         if algorithm == ref:
             cells.append("(reference)")
         elif algorithm in baselines:
-            cells.append(_gain_cell(*metrics.paired_gains(times[ref], by_seed)))
+            cells.append(metrics.format_gain(*metrics.paired_gains(times[ref], by_seed)))
         else:
             cells.append("—")
         lines.append("| " + " | ".join(cells) + " |")
@@ -144,8 +130,8 @@ def markdown(rep: dict, figure_files: Sequence[Path] = ()) -> str:
         for b in baselines:
             cells = [b]
             for task in tasks:
-                cells.append(_gain_cell(*metrics.paired_gains(times[ref], times[b], task)))
-            cells.append(_gain_cell(*metrics.paired_gains(times[ref], times[b])))
+                cells.append(metrics.format_gain(*metrics.paired_gains(times[ref], times[b], task)))
+            cells.append(metrics.format_gain(*metrics.paired_gains(times[ref], times[b])))
             lines.append("| " + " | ".join(cells) + " |")
     # runs
     lines += ["", "## Runs", "",

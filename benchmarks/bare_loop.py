@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 import h5py
 import numpy as np
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     requests = load_requests(args.run_file)
 
     # Untimed set-up: data, shards as index tensors, models, optimisers.
-    tasks = []
+    tasks: list[dict[str, Any]] = []  # the loop reads them as plain dicts
     for index, tc in enumerate(cfg.tasks):
         data = load_task_data(tc, cfg.clients.count, cfg.run.seed)
         model = build_model(tc.model, tc.model_args, data.input_shape, data.n_classes,

@@ -180,7 +180,8 @@ def main(argv=None) -> int:
         for name, steps in models:
             case = Case(name, steps, args.requests, device, data_dir)
             case.warm_up(groups)
-            single, batched = [], {g: [] for g in groups}
+            single: list[float] = []
+            batched: dict[int, list[float]] = {g: [] for g in groups}
             diff, scale = {}, None
             for r in range(args.rounds):
                 rps, ref = case.timed(case.single)
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
                 if r == 0:
                     scale = max(float(np.max(np.abs(d[0]))) for d in ref)
                 for g in groups:
-                    rps, got = case.timed(lambda g=g: case.batched(g))
+                    rps, got = case.timed(lambda case=case, g=g: case.batched(g))
                     batched[g].append(rps)
                     if r == 0:  # sanity: the same requests as one at a time, to float tolerance
                         diff[g] = max(float(np.max(np.abs(a[0] - b[0]))) for a, b in zip(got, ref))

@@ -196,7 +196,7 @@ class CheckpointCase:
         self.base_dir = tmp / f"np-{label}"
         self.base_dir.mkdir()
         self.count = 0
-        self.file_bytes = None
+        self.file_bytes: int | None = None
 
     def product(self) -> float:
         t0 = time.perf_counter()
@@ -249,8 +249,9 @@ def main(argv=None) -> int:
         cases = [CheckpointCase(label, path, tmp) for label, path in sources]
 
         rows = event_rows(args.rows)
-        ev = {"runlog": [], "h5py": []}
-        ck = {c.label: {"product": [], "baseline": []} for c in cases}
+        ev: dict[str, list[float]] = {"runlog": [], "h5py": []}
+        ck: dict[str, dict[str, list[float]]] = {c.label: {"product": [], "baseline": []}
+                                                 for c in cases}
         for r in range(args.rounds):
             ev["runlog"].append(runlog_rows(tmp / f"runlog-{r}.h5", rows, args.rows_per_flush))
             ev["h5py"].append(h5py_rows(tmp / f"h5py-{r}.h5", rows, args.rows_per_flush))

@@ -1,4 +1,4 @@
-"""Scale benchmark (issue 6, SPEC §11 "Memory"): a long virtual-clock run, memory watched from outside.
+"""Scale benchmark (SPEC §11 "Memory"): a long virtual-clock run, memory watched from outside.
 
     python -m benchmarks.scale [--config configs/scale.yaml] [--np 3] [--quick] [--json OUT]
                                [--set KEY=VALUE ...] [--interval 0.5] [--keep DIR] [--src DIR]
@@ -135,7 +135,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.interval = root, interval
         self.ranks: dict[int, int] = {}  # pid -> rank
-        self.samples: list[tuple[float, int, float, float]] = []
+        self.samples: list[tuple[float, int, float, float | None]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -172,13 +172,16 @@ def launch(config: str, np_: int, sets: list[str], out: Path, interval: float,
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             cwd=src or str(ROOT))
+    stdout, stderr = proc.stdout, proc.stderr
+    if stdout is None or stderr is None:  # both are pipes (above)
+        raise RuntimeError("mpiexec started without its output pipes")
     sampler = Sampler(proc.pid, interval)
     sampler.start()
     lines: list[tuple[float, str]] = []
-    err: list[str] = []
-    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.extend(stderr), daemon=True)
     reader.start()
-    for raw in proc.stdout:  # progress lines, then the final table
+    for raw in stdout:  # progress lines, then the final table
         lines.append((time.time(), raw.decode("utf-8", "replace").rstrip()))
     code = proc.wait()
     t1 = time.time()
@@ -222,22 +225,23 @@ def analyse(res: dict, run: dict) -> dict:
         series.setdefault(str(r), []).append([round((t - wall0) / wall, 4), round(mb, 2)])
         if c is not None:
             cpu[str(r)] = c
-    out = {"peak_rss_mb": {}, "rss_start_mb": {}, "rss_early_mb": {}, "rss_mid_mb": {},
-           "rss_late_mb": {}, "flatness": {}, "growth_mb": {}, "flatness_second_half": {}}
+    out: dict[str, dict[str, float | None]] = {
+        "peak_rss_mb": {}, "rss_start_mb": {}, "rss_early_mb": {}, "rss_mid_mb": {},
+        "rss_late_mb": {}, "flatness": {}, "growth_mb": {}, "flatness_second_half": {}}
     for r, pts in series.items():
         out["peak_rss_mb"][r] = max(mb for _, mb in pts)
         start = [mb for f, mb in pts if 0.0 <= f < 0.05]
         early = [mb for f, mb in pts if EARLY[0] <= f < EARLY[1]]
         mid = [mb for f, mb in pts if MID[0] <= f < MID[1]]
         late = [mb for f, mb in pts if LATE[0] <= f < LATE[1]]
-        e, m, l = _median(early), _median(mid), _median(late)
+        e, m, lt = _median(early), _median(mid), _median(late)
         out["rss_start_mb"][r] = _median(start)
         out["rss_early_mb"][r] = e
         out["rss_mid_mb"][r] = m
-        out["rss_late_mb"][r] = l
-        out["flatness"][r] = round(l / e, 4) if e and l else None
-        out["flatness_second_half"][r] = round(l / m, 4) if m and l else None
-        out["growth_mb"][r] = round(l - e, 2) if e and l else None
+        out["rss_late_mb"][r] = lt
+        out["flatness"][r] = round(lt / e, 4) if e and lt else None
+        out["flatness_second_half"][r] = round(lt / m, 4) if m and lt else None
+        out["growth_mb"][r] = round(lt - e, 2) if e and lt else None
     updates = int(a["updates_processed"])
     return {"wall_seconds": wall, "updates": updates,
             "updates_per_second": updates / wall if wall > 0 else None,
@@ -265,7 +269,8 @@ def summary(rec: dict) -> str:
         return format(x, spec) if x is not None else "-"
     for r in sorted(rec["rss_mb"], key=int):
         lines.append(f"{r:>4} {fmt(rec['rss_start_mb'][r], '9.1f')} "
-                     f"{fmt(rec['rss_early_mb'][r], '10.1f')} {fmt(rec['rss_late_mb'][r], '11.1f')} "
+                     f"{fmt(rec['rss_early_mb'][r], '10.1f')} "
+                     f"{fmt(rec['rss_late_mb'][r], '11.1f')} "
                      f"{rec['peak_rss_mb'][r]:8.1f} {fmt(rec['flatness'][r], '9.3f')} "
                      f"{fmt(rec['growth_mb'][r], '10.2f')} "
                      f"{fmt(rec['flatness_second_half'][r], '9.3f')} "
@@ -274,7 +279,8 @@ def summary(rec: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scale",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--config", default=str(DEFAULT_CONFIG))
     p.add_argument("--np", type=int, default=3, help="ranks (server + workers); default 3")
     p.add_argument("--quick", action="store_true", help=f"run.max_time={QUICK_MAX_TIME}")

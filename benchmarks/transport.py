@@ -14,8 +14,9 @@ one untimed warm-up round (first touch of every buffer):
           `ServerTransport(comm, [N], arrival_order=True, posted=P)`: updates come out of
           `poll()` as views of their landing slots and are handed back with `free()`.
   work    ingest plus the server's own work per update: the finiteness check of the norm
-          the worker computed (as `server.accept`) and, every B updates, `aggregation.server_step(model, deltas, 1.0)`
-          before the B slots are freed (as `server.aggregate`).
+          the worker computed (as `server.accept`) and, every B updates,
+          `aggregation.server_step(model, deltas, 1.0)` before the B slots are freed
+          (as `server.aggregate`).
 
 Every phase's figure is bytes/s of messages fully processed on rank 0, timed from a barrier
 to the last one; the JSON (rank 0) holds every round and the medians, and the ratios
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
            args.buffer_size) < 1:
         ap.error("sizes and counts must be >= 1")
     warm = args.warmup if args.warmup is not None else args.posted + args.buffer_size
-    seconds = {p: [] for p in PHASES}
+    seconds: dict[str, list[float]] = {p: [] for p in PHASES}
     try:
         side = Receiver(comm, args) if comm.rank == 0 else Sender(comm, args)
         for p in PHASES:
@@ -212,6 +213,7 @@ def main(argv=None) -> int:
             for p in PHASES:
                 s = side.run(p, args.messages)
                 if comm.rank == 0:
+                    assert s is not None  # rank 0 runs the Receiver, which times the phase
                     seconds[p].append(s)
         side.close()
     except BaseException:  # the other rank would wait forever
@@ -221,6 +223,8 @@ def main(argv=None) -> int:
         comm.Abort(1)
     if comm.rank != 0:
         return 0
+    if not isinstance(side, Receiver):  # rank 0 runs the Receiver (above)
+        raise RuntimeError("benchmarks.transport: rank 0 is not the receiver")
 
     nbytes = side.nbytes * args.messages
     bw = {p: [nbytes / s for s in seconds[p]] for p in PHASES}

@@ -96,7 +96,11 @@ class Workload:
 
     def config_arg(self, path: str | None) -> list[str]:
         """The CONFIG argument of `fedast-mpi run` (nothing for the embedded default)."""
-        return [] if self.yaml is None else [path]
+        if self.yaml is None:
+            return []
+        if path is None:
+            raise ValueError(f"workload {self.name!r}: the path of its config file is missing")
+        return [path]
 
 
 def paper_workload(name: str, dataset: str, model: str, model_args: str, weight_decay: float,

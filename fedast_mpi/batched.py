@@ -38,7 +38,8 @@ def schedules(shards: list[np.ndarray], seeds: list[int], steps: int,
     """
     rows, sizes = [], []
     for shard, seed in zip(shards, seeds):
-        sched = batch_indices(len(shard), steps, batch_size, torch.Generator().manual_seed(int(seed)))
+        sched = batch_indices(len(shard), steps, batch_size,
+                              torch.Generator().manual_seed(int(seed)))
         shard_t = torch.as_tensor(np.asarray(shard, dtype=np.int64))
         rows.append(shard_t[torch.stack(sched)])
         sizes.append(rows[-1].shape[1])
@@ -71,10 +72,11 @@ def local_train_batch(fm: FlatModel, bases: list, x: torch.Tensor, y: torch.Tens
     stacked = torch.stack([_as_tensor(b, n, device) for b in bases])
     start = stacked.clone()
     names = [name for name, p in module.named_parameters() if p.requires_grad]
-    views, off = {}, 0
-    for name, p in zip(names, fm.params):
-        views[name] = stacked[:, off:off + p.numel()].view(G, *p.shape)
-        off += p.numel()
+    views: dict[str, torch.Tensor] = {}
+    off = 0
+    for name, param in zip(names, fm.params):
+        views[name] = stacked[:, off:off + param.numel()].view(G, *param.shape)
+        off += param.numel()
     total = torch.zeros(G, dtype=torch.float64, device=device)
     if steps:
         idx, weights = schedules(shards, seeds, steps, batch_size)
@@ -93,7 +95,8 @@ def local_train_batch(fm: FlatModel, bases: list, x: torch.Tensor, y: torch.Tens
         try:
             for s in range(steps):
                 b = idx[:, s]
-                args = (views, x[b], y[b]) if weights is None else (views, x[b], y[b], weights[:, s])
+                args = ((views, x[b], y[b]) if weights is None
+                        else (views, x[b], y[b], weights[:, s]))
                 grads, losses = step(*args)
                 with torch.no_grad():
                     for name in names:

@@ -21,7 +21,8 @@ from pathlib import Path
 import h5py
 
 from fedast_mpi import __version__
-from fedast_mpi.errors import CheckpointError
+from fedast_mpi.errors import CheckpointError, Interrupted
+from fedast_mpi.h5open import open_h5
 from fedast_mpi.h5tree import read_tree, write_tree
 from fedast_mpi.schema import CHECKPOINT_SCHEMA
 
@@ -49,7 +50,7 @@ class Signals:
 
     NAMES = ("SIGTERM", "SIGUSR1", "SIGINT")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.received: str | None = None
         after = os.environ.get("FEDAST_INTERRUPT_AFTER")
         self.after = int(after) if after else None
@@ -92,7 +93,6 @@ class Checkpointer:
     def tick(self, server) -> None:
         """Checkpoint when due; on a signal checkpoint and raise Interrupted."""
         if self.signals is not None and self.signals.poll():
-            from fedast_mpi.server import Interrupted
             self.save(server)
             raise Interrupted(f"interrupted by {self.signals.received}")
         if time.monotonic() - self.last >= self.every:
@@ -109,8 +109,8 @@ class Checkpointer:
             f.attrs["config"] = self.config_yaml
             f.attrs["package_version"] = __version__
             f.attrs["index"] = self.index
-            f.attrs["time"] = float(server.now)
-            f.attrs["wall"] = float(server.wall())
+            f.attrs["time"] = float(server.clock.now)
+            f.attrs["wall"] = float(server.clock.wall())
             f.attrs["algorithm"] = server.cfg.algorithm.name
             write_tree(f.create_group("state"), state)
             write_tree(f.create_group("runlog"), position)
@@ -133,10 +133,11 @@ class Checkpointer:
 
 
 def read_checkpoint(path) -> dict:
-    """Open and verify one checkpoint: {config, state, runlog, index, time}; CheckpointError if not usable."""
+    """Open and verify one checkpoint: {config, state, runlog, index, time};
+    CheckpointError if not usable."""
     path = Path(path)
     try:
-        f = h5py.File(path, "r", locking=False)
+        f = open_h5(path)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be opened as HDF5 (truncated or damaged?): "
                               f"{str(exc).splitlines()[0]}") from None

@@ -26,18 +26,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from fedast_mpi import catalog
+from fedast_mpi import catalog, registry
 from fedast_mpi.errors import ConfigError
-
-ALGORITHMS: tuple[str, ...] = ("fedast", "fedast-nobuffer", "sync", "sync-bayes", "sync-ucb",
-                               "fedbuff", "fedasync")
-"""Values of `algorithm.name` (SPEC §4): FedAST, its baselines and single-task references."""
-
-SYNC_ALGORITHMS: tuple[str, ...] = ("sync", "sync-bayes", "sync-ucb")
-"""Synchronous baselines: one global round over all tasks (PAPER.md §4)."""
-
-SINGLE_TASK_ALGORITHMS: tuple[str, ...] = ("fedbuff", "fedasync")
-"""Single-task references, to check the code against known algorithms."""
 
 ALLOCATIONS: tuple[str, ...] = ("static", "dynamic")
 """Values of `algorithm.allocation` this version runs."""
@@ -81,7 +71,7 @@ class _prefix:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, typ, exc, tb) -> bool:
+    def __exit__(self, typ, exc, tb) -> Literal[False]:
         if isinstance(exc, _KeyError):
             raise exc.prefixed(self.prefix) from None
         return False
@@ -200,7 +190,8 @@ def _arg_value(key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _check_args(key: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> Mapping[str, Any]:
+def _check_args(key: str, given: Mapping[str, Any],
+                defaults: Mapping[str, Any]) -> Mapping[str, Any]:
     """Merge `given` over catalog `defaults`, each value of its default's type."""
     for name in given:
         if name not in defaults:
@@ -214,6 +205,9 @@ def _check_args(key: str, given: Mapping[str, Any], defaults: Mapping[str, Any])
 
 class _Section:
     """Base of every config section: type-checks and coerces fields, then `_check`."""
+
+    if typing.TYPE_CHECKING:  # every section is a dataclass (for `dataclasses.fields(self)`)
+        __dataclass_fields__: typing.ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -284,7 +278,7 @@ class RunConfig(_Section):
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoint schedule."""
     log_every: float = 2.0
-    """Wall seconds between progress lines (>= 0; 0 logs every event)."""
+    """Wall seconds between progress lines (>= 0; 0 prints none, only the final table)."""
 
     def _check(self) -> None:
         if not self.name.strip():
@@ -317,7 +311,8 @@ class AlgorithmConfig(_Section):
     """The server algorithm (`algorithm`)."""
 
     name: str = "fedast"
-    """One of `ALGORITHMS`."""
+    """A registered algorithm (`fedast_mpi.registry`: FedAST, its baselines, single-task
+    references)."""
     allocation: str = "static"
     """How requests are shared among tasks; one of `ALLOCATIONS`."""
     total_requests: int | None = None
@@ -339,12 +334,13 @@ class AlgorithmConfig(_Section):
     """sync-ucb: discount of the per-(task, client) statistics, in (0, 1]."""
 
     def _check(self) -> None:
-        if self.name not in ALGORITHMS:
-            _fail("name", f"unknown algorithm {self.name!r} (known: {', '.join(ALGORITHMS)})")
+        if self.name not in registry.names():
+            _fail("name", f"unknown algorithm {self.name!r} "
+                          f"(known: {', '.join(registry.names())})")
         if self.allocation not in ALLOCATIONS:
             _fail("allocation", f"unknown allocation {self.allocation!r} "
                                 f"(known: {', '.join(ALLOCATIONS)})")
-        if self.allocation == "dynamic" and self.name not in ("fedast", "fedast-nobuffer"):
+        if self.allocation == "dynamic" and not registry.get(self.name).dynamic:
             _fail("allocation", f"dynamic allocation (Realloc) is a FedAST mechanism; "
                                 f"{self.name!r} runs static")
         _at_least("total_requests", self.total_requests, 1)
@@ -562,12 +558,14 @@ class Config(_Section):
         if not tasks:
             _fail("tasks", "must list at least one task")
         for algo, overrides in self.compare.items():
-            if algo not in ALGORITHMS:
-                _fail(f"compare.{algo}", f"unknown algorithm (known: {', '.join(ALGORITHMS)})")
+            if algo not in registry.names():
+                _fail(f"compare.{algo}",
+                      f"unknown algorithm (known: {', '.join(registry.names())})")
             if not isinstance(overrides, Mapping):
-                _fail(f"compare.{algo}", f"expected a mapping of KEY: VALUE, got {_show(overrides)}")
+                _fail(f"compare.{algo}",
+                      f"expected a mapping of KEY: VALUE, got {_show(overrides)}")
         name = self.algorithm.name
-        if name in SINGLE_TASK_ALGORITHMS and len(tasks) != 1:
+        if registry.get(name).single_task and len(tasks) != 1:
             _fail("algorithm.name", f"{name!r} is a single-task reference; the config has "
                                     f"{len(tasks)} tasks")
         seen: dict[str, int] = {}
@@ -584,7 +582,8 @@ class Config(_Section):
         total = algo.total_requests
         unset = [i for i, t in enumerate(tasks) if t.requests is None]
         given = sum(t.requests for t in tasks if t.requests is not None)
-        requests = [t.requests for t in tasks]
+        # 0 for the unset ones: each of them is filled in below (or _fail raises)
+        requests = [0 if t.requests is None else t.requests for t in tasks]
         if unset:
             if total is None:
                 _fail(f"tasks.{unset[0]}.requests",
@@ -600,14 +599,13 @@ class Config(_Section):
         elif total is not None and total != given:
             _fail("algorithm.total_requests",
                   f"{total} differs from the sum of the tasks' requests ({given})")
+        spec = registry.get(algo.name)
         resolved = []
         for i, (task, r) in enumerate(zip(tasks, requests)):
-            if algo.name in ("fedast-nobuffer", "fedasync"):
-                b = 1
-            elif task.buffer_size is None:
-                b = min(r, max(1, round(r / algo.r_to_b)))
+            if task.buffer_size is None:
+                b = spec.buffer(min(r, max(1, round(r / algo.r_to_b))))
             else:
-                b = task.buffer_size
+                b = spec.buffer(task.buffer_size)
             with _prefix(f"tasks.{i}"):
                 resolved.append(dataclasses.replace(task, requests=r, buffer_size=b))
         object.__setattr__(self, "algorithm",

@@ -29,7 +29,8 @@ class ProtocolError(FedastError):
     """A message on the wire that breaks the protocol (exit 1)."""
 
 
-class WorldSizeError(FedastError):
-    """An MPI world the job cannot run on (exit 2)."""
+class Interrupted(Exception):
+    """A signal asked the run to checkpoint and stop; the message names the signal.
 
-    exit_code = 2
+    Not a FedastError: it is the planned end of an interrupted run (exit 75), not a failure.
+    """

@@ -1,72 +1,98 @@
-"""Where requests run: the Update record, wait accounting, and the in-process executor (-n 1)."""
+"""Where requests run: the executor protocol the server drives, wait accounting, and the
+in-process executor (`-n 1`).
+
+Three classes implement `Executor`: `InProcessExecutor` (here), `ServerTransport`
+(`fedast_mpi.transport`, the MPI workers) and `Grouper` (`fedast_mpi.grouping`, which sits
+between the server and one of the other two and forms the training groups).
+"""
 
 from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass
+from typing import Literal, Protocol, Sequence
 
 import numpy as np
 
-
-@dataclass
-class Update:
-    """One received update; `delta` may be a view into a landing slot."""
-
-    request: int
-    task: int
-    worker: int
-    train_loss: float
-    n_samples: int
-    delta: np.ndarray
-    slot: object = None
-    norm: float | None = None
-    """L2 norm of delta as numpy computes it in float32 (by the worker); None: not known yet."""
+from fedast_mpi.records import Request, Update, Work
 
 
 class WaitClock:
     """Context manager adding up wall and CPU seconds spent waiting (the no-spin figure)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.wall = 0.0
         self.cpu = 0.0
+        self._w = self._c = 0.0
 
-    def __enter__(self):
+    def __enter__(self) -> "WaitClock":
         self._w, self._c = time.perf_counter(), time.process_time()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> Literal[False]:
         self.wall += time.perf_counter() - self._w
         self.cpu += time.process_time() - self._c
         return False
 
 
+class Executor(Protocol):
+    """What the server asks of whatever trains its requests.
+
+    Virtual clock: the server asks for updates by request id (`wait_for`), in its own order;
+    real clock: it takes them as they arrive (`poll`). An update's `delta` may live in a
+    buffer the executor owns: the server hands it back with `free` once aggregated.
+    """
+
+    wait: WaitClock
+    """Time the server spent waiting inside the executor."""
+    compute_seconds: float
+    """Training seconds of the updates delivered so far (measured where they were trained)."""
+
+    def submit(self, group: Sequence[Work]) -> None:
+        """Train these requests of one task, as one batch where the executor batches."""
+
+    def wait_for(self, rid: int) -> Update:
+        """The update of request `rid` (virtual clock), waiting for it without spinning."""
+
+    def poll(self, timeout: float) -> list[Update]:
+        """Updates released so far (real clock), waiting up to `timeout` seconds for one."""
+
+    def discard(self, rid: int) -> None:
+        """Request `rid` was cancelled: drop its update if it is (or will be) there."""
+
+    def cancel_task(self, task: int) -> None:
+        """The task finished: forget its queued work (its requests were discarded first)."""
+
+    def free(self, upd: Update) -> None:
+        """The server is done with an update's delta."""
+
+    def shutdown(self, code: int = 0) -> None:
+        """Stop training; workers exit with `code`."""
+
+
 class InProcessExecutor:
-    """Runs requests on the server's own rank (world size 1), same interface as ServerTransport.
+    """Runs requests on the server's own rank (world size 1).
 
     Virtual clock: a request is trained when the server asks for its update.
     Real clock: a request is trained once its release wall time has come.
     """
 
-    def __init__(self, runner):
+    def __init__(self, runner) -> None:
         self.runner = runner
-        self.pending: dict[int, list[tuple]] = {}  # request id -> its group's (req, model)
+        # id -> its group's members
+        self.pending: dict[int, list[tuple[Request, np.ndarray]]] = {}
         self.done: dict[int, Update] = {}  # trained with an earlier member of their group
         self.due: list[tuple[float, int]] = []
         self.wait = WaitClock()
         self.compute_seconds = 0.0
 
-    def submit(self, req, model: np.ndarray, release_wall: float = 0.0) -> None:
-        self.submit_group([(req, model, release_wall)])
-
-    def submit_group(self, items: list[tuple]) -> None:
-        """(req, model, release_wall) items trained together when the first is needed."""
-        members = [(req, model) for req, model, _ in items]
-        for req, _, release_wall in items:
-            req.worker = 0
-            self.pending[req.id] = members
-            if release_wall:  # real clock only: `poll` reads (and empties) `due`, `wait_for` never
-                heapq.heappush(self.due, (release_wall, req.id))
+    def submit(self, group: Sequence[Work]) -> None:
+        members = [(w.req, w.model) for w in group]
+        for w in group:
+            w.req.worker = 0
+            self.pending[w.req.id] = members
+            if w.release_wall:  # real clock only: `poll` reads (and empties) `due`
+                heapq.heappush(self.due, (w.release_wall, w.req.id))
 
     def _run(self, rid: int) -> Update:
         if rid in self.done:

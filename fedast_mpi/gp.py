@@ -84,7 +84,7 @@ class GaussianProcess:
         z = (y - self._y_mean) / self._y_std
         dist = pairwise_distances(x, x)
         n = len(z)
-        best = None
+        best: tuple[float, float, np.ndarray, np.ndarray] | None = None
         for ell in self._grid(x):
             s = _SQRT3 * dist / ell
             k = (1.0 + s) * np.exp(-s)
@@ -95,13 +95,15 @@ class GaussianProcess:
                    - 0.5 * n * np.log(2.0 * np.pi))
             if best is None or lml > best[0]:  # ties keep the smaller length scale
                 best = (lml, float(ell), chol, alpha)
+        if best is None:
+            raise ValueError("GaussianProcess.fit: the length-scale grid is empty")
         self.log_marginal_likelihood, self.length_scale, self._chol, self._alpha = best
         self._x = x
         return self
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation (>= 0) in the original y units."""
-        if self._x is None:
+        if self._x is None or self.length_scale is None:
             raise RuntimeError("GaussianProcess.predict called before fit")
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         k_star = matern32(self._x, x, self.length_scale)  # (n_train, n_query)

@@ -20,10 +20,12 @@ stored with it, since retraining them in a smaller group could change their bits
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
-from fedast_mpi.executor import Update
+from fedast_mpi.executor import Executor
+from fedast_mpi.records import Update, Work
 
 AUTO_GPU_SIZE = 16
 """Group size `run.batch_requests: 0` (auto) picks for batchable small models on a GPU."""
@@ -48,14 +50,18 @@ def group_sizes(batch_requests: int, device_type: str, models: list) -> list[int
 
 
 class Grouper:
-    """Between a server and its executor: forms the groups, forwards everything else."""
+    """An `Executor` in front of another: forms the groups, forwards everything else.
 
-    def __init__(self, inner, sizes: list[int], horizon: float = float("inf")):
+    The server always talks to one (with groups of 1 it only forwards, and keeps back
+    requests past the horizon); it also keeps what a checkpoint needs of the groups.
+    """
+
+    def __init__(self, inner: Executor, sizes: list[int], horizon: float = float("inf")):
         self.inner = inner
         self.sizes = list(sizes)
         self.horizon = horizon
         self.parked: set[int] = set()  # finish after the horizon: never needed, never sent
-        self.pending: list[list[tuple]] = [[] for _ in self.sizes]  # (req, model, release)
+        self.pending: list[list[Work]] = [[] for _ in self.sizes]
         self.pending_task: dict[int, int] = {}  # request id -> task, for pending requests
         self.group_of: dict[int, int] = {}  # request id -> group id, sent groups of > 1
         self.left: dict[int, set[int]] = {}  # group id -> members not yet consumed
@@ -75,44 +81,46 @@ class Grouper:
     def compute_seconds(self, value: float) -> None:
         self.inner.compute_seconds = value
 
-    def submit(self, req, model: np.ndarray, release_wall: float = 0.0) -> None:
-        """Queue a request into its task's pending group (sent at once when groups are off).
+    def submit(self, group: Sequence[Work]) -> None:
+        """Queue each request into its task's pending group (sent at once when groups are off).
 
         A request finishing after the horizon (the virtual clock's max_time) is kept back:
         the run ends before its update would be processed, so training it is waste.
         """
-        if req.finish_time > self.horizon:
-            self.parked.add(req.id)
-            return
-        if self.sizes[req.task] <= 1:  # the common case, on the server's hot path
-            req.group = req.id
-            self.inner.submit_group([(req, model, release_wall)])
-            return
-        pending = self.pending[req.task]
-        pending.append((req, model, release_wall))
-        self.pending_task[req.id] = req.task
-        if len(pending) >= self.sizes[req.task]:
-            self.flush(req.task)
+        for work in group:
+            req = work.req
+            if req.finish_time > self.horizon:
+                self.parked.add(req.id)
+                continue
+            if self.sizes[req.task] <= 1:  # the common case, on the server's hot path
+                req.group = req.id
+                self.inner.submit([work])
+                continue
+            pending = self.pending[req.task]
+            pending.append(work)
+            self.pending_task[req.id] = req.task
+            if len(pending) >= self.sizes[req.task]:
+                self.flush(req.task)
 
     def flush(self, task: int) -> None:
         """Send the task's pending requests as one group."""
         items, self.pending[task] = self.pending[task], []
-        for req, _, _ in items:
-            del self.pending_task[req.id]
+        for work in items:
+            del self.pending_task[work.req.id]
         if items:
             self.send(items)
 
-    def send(self, items: list[tuple]) -> None:
+    def send(self, items: list[Work]) -> None:
         """Hand one group, sorted by request id, to the executor."""
-        items = sorted(items, key=lambda it: it[0].id)
-        gid = items[0][0].id
-        for req, _, _ in items:
-            req.group = gid
+        items = sorted(items, key=lambda w: w.req.id)
+        gid = items[0].req.id
+        for work in items:
+            work.req.group = gid
         if len(items) > 1:
-            self.left[gid] = {req.id for req, _, _ in items}
+            self.left[gid] = {w.req.id for w in items}
             self.size_of[gid] = len(items)
-            self.group_of.update((req.id, gid) for req, _, _ in items)
-        self.inner.submit_group(items)
+            self.group_of.update((w.req.id, gid) for w in items)
+        self.inner.submit(items)
 
     def wait_for(self, rid: int) -> Update:
         if rid in self.ready:
@@ -138,12 +146,12 @@ class Grouper:
             if task is None:
                 self.inner.discard(rid)
             else:
-                self.pending[task] = [it for it in self.pending[task] if it[0].id != rid]
+                self.pending[task] = [w for w in self.pending[task] if w.req.id != rid]
         self._consumed(rid)
 
     def cancel_task(self, task: int) -> None:  # (its requests were discarded one by one)
-        for req, _, _ in self.pending[task]:
-            del self.pending_task[req.id]
+        for work in self.pending[task]:
+            del self.pending_task[work.req.id]
         self.pending[task] = []
         self.inner.cancel_task(task)
 
@@ -183,20 +191,20 @@ class Grouper:
         """Updates restored from a checkpoint: served by `wait_for` without training."""
         self.ready.update((u.request, u) for u in updates)
 
-    def resubmit(self, live: list[tuple], real: bool) -> None:
-        """After a resume: every live (req, model, release) not ready goes out again.
+    def resubmit(self, live: list[Work], real: bool) -> None:
+        """After a resume: every live request not ready goes out again.
 
         Virtual clock: sent groups are re-formed exactly (same members, same batch);
         requests that were pending wait in their pending group again.
         """
-        groups: dict[int, list[tuple]] = {}
-        for item in sorted(live, key=lambda it: it[0].id):
-            req = item[0]
+        groups: dict[int, list[Work]] = {}
+        for work in sorted(live, key=lambda w: w.req.id):
+            req = work.req
             if req.id in self.ready:
                 continue
             if real or req.group < 0:
-                self.submit(*item)
+                self.submit([work])
             else:
-                groups.setdefault(req.group, []).append(item)
+                groups.setdefault(req.group, []).append(work)
         for gid in sorted(groups):
             self.send(groups[gid])

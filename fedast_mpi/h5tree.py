@@ -20,7 +20,9 @@ _JSON = "__json__"
 
 
 def crc(arr: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
+    data = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
+    # numpy's stubs declare ndarray.__buffer__ only for Python >= 3.12 (mypy checks 3.10)
+    return zlib.crc32(data) & 0xFFFFFFFF  # type: ignore[arg-type]
 
 
 def write_tree(group: h5py.Group, tree: dict) -> None:
@@ -70,17 +72,9 @@ def read_tree(group: h5py.Group) -> dict | list:
         else:
             arr = item[()]
             if "crc32" in item.attrs and crc(np.asarray(arr)) != int(item.attrs["crc32"]):
-                raise CheckpointError(f"{group.file.filename}: {item.name} is corrupt (CRC mismatch)")
+                raise CheckpointError(f"{group.file.filename}: {item.name} is corrupt "
+                                      f"(CRC mismatch)")
             out[key] = arr
     if _LIST in group.attrs:
         return [out[str(i)] for i in range(int(group.attrs[_LIST]))]
     return out
-
-
-def rng_state(gen: np.random.Generator) -> str:
-    """A Generator's exact state as JSON (PCG64 states are 128-bit integers)."""
-    return json.dumps(gen.bit_generator.state)
-
-
-def set_rng_state(gen: np.random.Generator, state: str) -> None:
-    gen.bit_generator.state = json.loads(state)

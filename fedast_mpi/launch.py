@@ -144,30 +144,42 @@ def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
         return 1
 
 
+def task_models(cfg, runner):
+    """What the server needs of the runner's models and data (`fedast_mpi.server.TaskModels`)."""
+    from fedast_mpi.grouping import group_sizes
+    from fedast_mpi.server import TaskModels
+    return TaskModels(initial=[runner.initial_model(i) for i in range(len(cfg.tasks))],
+                      evaluate=runner.evaluate, weight_mask=runner.weight_mask,
+                      n_samples=runner.n_samples(),
+                      group_sizes=group_sizes(cfg.run.batch_requests, runner.device.type,
+                                              runner.models))
+
+
 def serve(cfg, runner, log, comm, wall0: float, out_dir: Path, signals, resume) -> int:
     """Rank 0: build the executor, run the server, drain the workers, close the run file.
 
     Returns 0 when done, or EXIT_INTERRUPTED after a signal (checkpoint written first).
     """
-    from fedast_mpi.algorithms import server_class
     from fedast_mpi.checkpoint import EXIT_INTERRUPTED, Checkpointer
     from fedast_mpi.config import to_yaml
-    from fedast_mpi.executor import InProcessExecutor
+    from fedast_mpi.errors import Interrupted
+    from fedast_mpi.executor import Executor, InProcessExecutor
     from fedast_mpi.progress import Progress
     from fedast_mpi.schema import RUN_FILE
-    from fedast_mpi.server import Interrupted
+    from fedast_mpi.server import Server
 
+    executor: Executor
     if comm.size == 1:
         executor = InProcessExecutor(runner)
     else:
         from fedast_mpi.transport import ServerTransport
         executor = ServerTransport(comm, runner.n_params, arrival_order=cfg.run.clock == "real")
     progress = Progress(cfg.run.log_every)
-    server = server_class(cfg.algorithm.name)(cfg, runner, executor, log, progress, wall0,
-                                              fresh=resume is None)
+    server = Server(cfg, task_models(cfg, runner), executor, log, progress, wall0,
+                    fresh=resume is None)
     if resume is not None:
         server.load_state_dict(resume["state"])
-        progress.resumed_at(server.n_processed)
+        progress.resumed_at(server.tasks.n_processed)
     ckpt = cfg.run.checkpoint
     server.checkpointer = Checkpointer(out_dir, to_yaml(cfg), log, ckpt.every_seconds, ckpt.keep,
                                        signals)

@@ -31,7 +31,8 @@ def _mlp(args, input_shape, n_classes) -> nn.Module:
 def _cnn(args, input_shape, n_classes) -> nn.Module:
     """Two 3x3 conv + ReLU + 2x2 max-pool blocks, then a ReLU hidden layer and the classifier."""
     if len(input_shape) != 3:
-        raise ConfigError(f"model 'cnn' needs image input (C, H, W), got shape {tuple(input_shape)}")
+        raise ConfigError(f"model 'cnn' needs image input (C, H, W), "
+                          f"got shape {tuple(input_shape)}")
     c, h, w = input_shape
     channels = list(args["channels"])
     if len(channels) != 2:
@@ -39,7 +40,8 @@ def _cnn(args, input_shape, n_classes) -> nn.Module:
     ch0, ch1 = (_positive(v, "cnn", "channels") for v in channels)
     hidden = _positive(args["hidden"], "cnn", "hidden")
     if h // 4 < 1 or w // 4 < 1:
-        raise ConfigError(f"model 'cnn' needs images of at least 4x4, got shape {tuple(input_shape)}")
+        raise ConfigError(f"model 'cnn' needs images of at least 4x4, "
+                          f"got shape {tuple(input_shape)}")
     return nn.Sequential(
         nn.Conv2d(c, ch0, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(ch0, ch1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -49,7 +51,8 @@ def _cnn(args, input_shape, n_classes) -> nn.Module:
 
 
 def _lenet5(args, input_shape, n_classes) -> nn.Module:
-    """LeNet-5 for 28x28 grey images (PAPER.md §6.2, Fashion-MNIST): 44,426 parameters for 10 classes.
+    """LeNet-5 for 28x28 grey images (PAPER.md §6.2, Fashion-MNIST): 44,426 parameters for 10
+    classes.
 
     Conv(1->6, 5) ReLU MaxPool2, Conv(6->16, 5) ReLU MaxPool2, flatten 256, Linear 120 ReLU,
     Linear 84 ReLU, Linear n_classes; no padding.
@@ -117,7 +120,8 @@ class CharLSTM(nn.Module):
 def _lstm(args, input_shape, n_classes) -> nn.Module:
     """Character LSTM on (seq_len,) index input; see CharLSTM."""
     if len(input_shape) != 1 or input_shape[0] < 1:
-        raise ConfigError(f"model 'lstm' needs (seq_len,) character-index input, got {tuple(input_shape)}")
+        raise ConfigError(f"model 'lstm' needs (seq_len,) character-index input, "
+                          f"got {tuple(input_shape)}")
     embed = _positive(args["embed"], "lstm", "embed")
     hidden = _positive(args["hidden"], "lstm", "hidden")
     return CharLSTM(n_classes, embed, hidden, n_classes)
@@ -134,8 +138,9 @@ class _GNBasicBlock(nn.Module):
         self.gn2 = nn.GroupNorm(groups, planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                          nn.GroupNorm(groups, planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                nn.GroupNorm(groups, planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.gn1(self.conv1(x)))
@@ -185,8 +190,8 @@ def _resnet18_gn(args, input_shape, n_classes) -> nn.Module:
     return ResNet18GN(n_classes, groups)
 
 
-_BUILDERS = {"logreg": _logreg, "mlp": _mlp, "cnn": _cnn, "lenet5": _lenet5, "cifar_cnn": _cifar_cnn,
-             "lstm": _lstm, "resnet18_gn": _resnet18_gn}
+_BUILDERS = {"logreg": _logreg, "mlp": _mlp, "cnn": _cnn, "lenet5": _lenet5,
+             "cifar_cnn": _cifar_cnn, "lstm": _lstm, "resnet18_gn": _resnet18_gn}
 
 
 def _numel(shape) -> int:
@@ -233,7 +238,8 @@ def build_model(name: str, args: Mapping, input_shape: tuple[int, ...], n_classe
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         module = _BUILDERS[name](merged, tuple(int(s) for s in input_shape), int(n_classes))
-    return module.float()  # FlatModel needs float32 parameters (a no-op under torch's default dtype)
+    # FlatModel needs float32 parameters (a no-op under torch's default dtype)
+    return module.float()
 
 
 def n_params(module: nn.Module) -> int:

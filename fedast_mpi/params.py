@@ -11,8 +11,8 @@ def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def _as_tensor(vec, n: int, device: torch.device) -> torch.Tensor:
     """A 1-D float32 tensor of length n from a numpy array or tensor (checked, not yet copied)."""
-    t = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32)) if isinstance(vec, np.ndarray) \
-        else torch.as_tensor(vec, dtype=torch.float32)
+    t = torch.from_numpy(np.ascontiguousarray(vec, dtype=np.float32)) \
+        if isinstance(vec, np.ndarray) else torch.as_tensor(vec, dtype=torch.float32)
     t = t.reshape(-1)
     if t.numel() != n:
         raise ValueError(f"flat vector has {t.numel()} entries, the model has {n} parameters")
@@ -58,7 +58,8 @@ class FlatModel:
 
 def flatten(module: torch.nn.Module) -> np.ndarray:
     """The trainable parameters of any module as one new float32 numpy vector."""
-    return torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in _trainable(module)]).numpy()
+    return torch.cat([p.detach().reshape(-1).to("cpu", torch.float32)
+                      for p in _trainable(module)]).numpy()
 
 
 def unflatten(module: torch.nn.Module, vec) -> None:

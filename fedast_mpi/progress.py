@@ -1,4 +1,5 @@
-"""Rank 0's progress lines (simulated time, per-task accuracy and version, updates/s) and final table."""
+"""Rank 0's progress lines (simulated time, per-task accuracy and version, updates/s) and final
+table."""
 
 from __future__ import annotations
 
@@ -37,25 +38,27 @@ class Progress:
         now = time.perf_counter()
         if not self.enabled or self.every <= 0 or now - self.last_wall < self.every:
             return
-        rate = (server.n_processed - self.last_count) / (now - self.last_wall)
-        self.last_wall, self.last_count = now, server.n_processed
-        parts = [f"t={server.now:9.1f}", f"{rate:7.0f} upd/s"]
+        count = server.tasks.n_processed
+        rate = (count - self.last_count) / (now - self.last_wall)
+        self.last_wall, self.last_count = now, count
+        parts = [f"t={server.clock.now:9.1f}", f"{rate:7.0f} upd/s"]
         for t in server.tasks:
             mark = "*" if t.finished else ""
             parts.append(f"{t.name} v{t.version} {t.accuracy:.3f}{mark}")
         self._emit(" | ".join(parts), transient=True)
 
     def reached(self, server, task) -> None:
-        self._emit(f"t={server.now:9.1f} | {task.name} reached {task.accuracy:.3f} "
+        self._emit(f"t={server.clock.now:9.1f} | {task.name} reached {task.accuracy:.3f} "
                    f"(target {task.cfg.target_accuracy}) at version {task.version}")
 
     def final(self, server, status: str, reason: str, run_file: str) -> None:
         """Time-to-target table of every task."""
         wall = time.perf_counter() - self.start_wall
-        done = server.n_processed - self.start_count
+        count = server.tasks.n_processed
+        done = count - self.start_count
         rate = done / wall if wall > 0 else 0.0
-        lines = [f"run {status}: {reason}; simulated time {server.now:.1f}, "
-                 f"{server.n_processed} updates"
+        lines = [f"run {status}: {reason}; simulated time {server.clock.now:.1f}, "
+                 f"{count} updates"
                  + (f" ({done} since the resume)" if self.start_count else "")
                  + f" in {wall:.1f} s wall ({rate:.0f} upd/s)",
                  f"{'task':<20} {'target':>7} {'reached at':>11} {'version':>8} "

@@ -11,11 +11,11 @@ worker trains as one batch (fedast_mpi.grouping, fedast_mpi.batched).
 
 Worker -> server: one message per update on TAG_UPDATE + task: UPDATE_HEADER
 bytes (with the delta's L2 norm, computed by the worker where the delta is hot, so
-rank 0 never reads it just for the event log) followed by the flat float32 delta, received straight into a landing
-slot of that task's pool (the FedAST buffer holds the slot: no copy). A worker
-that stops sends FINAL (its count of updates sent) so the server can drain;
-a worker that fails sends its error line on TAG_ERROR so that rank 0 can mark
-the run file `failed` before it aborts the job.
+rank 0 never reads it just for the event log) followed by the flat float32 delta,
+received straight into a landing slot of that task's pool (the FedAST buffer holds
+the slot: no copy). A worker that stops sends FINAL (its count of updates sent) so the
+server can drain; a worker that fails sends its error line on TAG_ERROR so that rank 0
+can mark the run file `failed` before it aborts the job.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ TAG_UPDATE = 100  # + task index
 REQUEST = 1
 MODEL = 2
 CANCEL_TASK = 3
-STOP = 4
+STOP = 4  # carries the exit code the worker ends with (`exit_code`)
 
 CTRL_DTYPE = np.dtype([
-    ("kind", "<i4"), ("task", "<i4"), ("client", "<i4"), ("group_size", "<i4"),
+    ("kind", "<i2"), ("exit_code", "<i2"), ("task", "<i4"), ("client", "<i4"),
+    ("group_size", "<i4"),
     ("request", "<i8"), ("version", "<i8"), ("seed", "<i8"),
     ("finish_time", "<f8"), ("release_wall", "<f8"), ("n_params", "<i8"),
 ])

@@ -125,7 +125,8 @@ def code_sample(deltas_7: np.ndarray | Sequence[np.ndarray], mask: np.ndarray | 
 # Allocation
 
 
-def _clean_weights(values: Sequence[float], active: Sequence[bool]) -> np.ndarray:
+def _clean_weights(values: Sequence[float],
+                   active: Sequence[bool] | np.ndarray) -> np.ndarray:
     """Weights of active tasks with unknown (NaN/inf) or non-positive entries replaced by the
     smallest positive one (all 1 if none is positive); inactive tasks get 0."""
     v = np.asarray(values, dtype=np.float64)
@@ -255,31 +256,20 @@ def code_period(n_unfinished: int, initial_total_requests: int, period_factor: f
     return max(1, int(math.floor(period_factor * initial_total_requests)) * n_unfinished)
 
 
-def replacement_count(variant: str, target: int, outstanding: int, total_target: int,
-                      total_outstanding: int) -> int:
-    """New requests K to send for a task after one of its updates (outstanding already
-    decremented).
-
-    paper (option D): clip(R − a, 0, 2): 0 above target, 1 in steady state, 2 while growing.
-    code: `fedast_mpi.aggregation.replacement_count` (also capped by the global slack).
-    """
-    if variant == "paper":
-        return int(min(max(target - outstanding, 0), 2))
-    if variant == "code":
-        return aggregation.replacement_count(target, outstanding, total_target, total_outstanding)
-    raise ValueError(f"unknown Realloc variant {variant!r}; expected one of {VARIANTS}")
-
-
 # --------------------------------------------------------------------------------------------
 # Stateful part used by the server
 
 
 class Reallocator:
-    """Per-task delta windows, the update counter c and the Realloc trigger (see module doc).
+    """Dynamic allocation: per-task delta windows, the update counter c, the Realloc trigger,
+    and the variant's buffer and replacement rules (see module doc).
 
     Memory: one preallocated (window, d) float32 ring per task, freed by `forget`; `observe`
     only copies into it (the code variant additionally computes one sample per update).
     """
+
+    immediate_handover = False
+    """A finished task's requests are phased in by the K <= 2 rule, not sent at once."""
 
     def __init__(self, *, variant: str, window: int, period_factor: float, r_to_b: float,
                  n_params: Sequence[int], masks: Sequence[np.ndarray | None],
@@ -314,11 +304,36 @@ class Reallocator:
         self._forgotten = [False] * m
         self.counter = 0
 
+    # -- the variant's rules ---------------------------------------------------------------
+
+    def replacement_count(self, target: int, outstanding: int, total_target: int,
+                          total_outstanding: int) -> int:
+        """New requests K to send for a task after one of its updates (outstanding already
+        decremented). paper (option D): clip(R − a, 0, 2): 0 above target, 1 in steady state,
+        2 while growing. code: `aggregation.replacement_count` (also capped by the global slack).
+        """
+        if self.variant == "paper":
+            return int(min(max(target - outstanding, 0), 2))
+        return aggregation.replacement_count(target, outstanding, total_target, total_outstanding)
+
+    def buffer_after_update(self, outstanding: int) -> int | None:
+        """A task's new b after one of its updates (code: from its a_m), None: unchanged."""
+        return code_buffer(outstanding, self.r_to_b) if self.variant == "code" else None
+
+    def buffer_after_handover(self, task: int, requests: int) -> int:
+        """b of a task whose R grew by a hand-over (PAPER.md §1.5): code round(R / R_bs_ratio),
+        paper the task's initial R/b ratio kept."""
+        if self.variant == "code":
+            return max(1, round(requests / self.r_to_b))
+        return rescale_buffer(self.initial_buffers[task], self.initial_requests[task], requests)
+
     # -- window ---------------------------------------------------------------------------
 
     def _rows(self, task: int, skip_oldest: bool = False) -> list[np.ndarray]:
         """Valid ring rows of `task`, oldest first (views, no copies)."""
         ring = self._rings[task]
+        if ring is None:  # callers skip finished tasks
+            raise ValueError(f"task {task} is finished; its window was dropped")
         fill, head = self._fill[task], self._head[task]
         order = [(head - fill + k) % self.window for k in range(fill)]
         if skip_oldest:
@@ -331,14 +346,15 @@ class Reallocator:
         Code variant: once the window holds `window` deltas the oldest is dropped and one sample
         is computed on the remaining window − 1.
         """
-        if self._forgotten[task]:
+        ring = self._rings[task]  # None exactly when the task is forgotten
+        if self._forgotten[task] or ring is None:
             raise ValueError(f"task {task} is finished; its updates are not observed")
         delta = np.asarray(delta)
         if delta.size != self.n_params[task]:
             raise ValueError(f"task {task}: delta has {delta.size} values, "
                              f"expected {self.n_params[task]}")
         self.counter += 1
-        np.copyto(self._rings[task][self._head[task]], delta.reshape(-1), casting="same_kind")
+        np.copyto(ring[self._head[task]], delta.reshape(-1), casting="same_kind")
         self._head[task] = (self._head[task] + 1) % self.window
         self._fill[task] = min(self._fill[task] + 1, self.window)
         if self.variant == "code" and self._fill[task] == self.window:
@@ -454,9 +470,11 @@ class Reallocator:
             ring = np.asarray(state[f"ring_{t}"])
             if ring.shape != (self.window, self.n_params[t]):
                 raise ValueError(f"task {t}: ring shape {ring.shape} does not match")
-            if self._rings[t] is None:
-                self._rings[t] = np.zeros((self.window, self.n_params[t]), dtype=np.float32)
-            np.copyto(self._rings[t], ring, casting="same_kind")
+            dest = self._rings[t]
+            if dest is None:
+                dest = self._rings[t] = np.zeros((self.window, self.n_params[t]),
+                                                 dtype=np.float32)
+            np.copyto(dest, ring, casting="same_kind")
         self._forgotten = forgotten
         self._head = [int(x) for x in np.asarray(state["head"])]
         self._fill = [int(x) for x in np.asarray(state["fill"])]

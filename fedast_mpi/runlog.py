@@ -1,4 +1,5 @@
-"""The run file `RUN_DIR/run.h5` (SPEC §8): a buffered writer for rank 0 and a checked read-only opener."""
+"""The run file `RUN_DIR/run.h5` (SPEC §8): a buffered writer for rank 0 and a checked read-only
+opener."""
 
 import math
 import os
@@ -9,27 +10,16 @@ import numpy as np
 
 from . import schema
 from .errors import ConfigError, FedastError
+from .h5open import open_h5, with_retry
 
 TABLE_CHUNK = 4096  # rows per chunk of the appended tables
 MODEL_CHUNK = 1 << 18  # float32 elements per chunk of a final model (1 MiB)
-OPEN_ATTEMPTS = 3  # tries of a read that may overlap the writer's flush
-RETRY_DELAY = 0.1  # seconds between them
 
 
 class RunFileError(FedastError):
     """A run file that is missing, not HDF5, or not a fedast-mpi run file (exit 2)."""
 
     exit_code = 2
-
-
-def _open_h5(path, mode):
-    """Open with HDF5 file locking off (so live readers and the writer do not block each other)."""
-    try:
-        return h5py.File(path, mode, locking=False)
-    except (TypeError, ValueError) as e:  # h5py/HDF5 without the locking option
-        if "locking" not in str(e):
-            raise
-        return h5py.File(path, mode)
 
 
 def _as_str(value):
@@ -113,12 +103,13 @@ class RunLog:
     Live reading: the writer opens the file with HDF5 file locking off and the default
     (1.8-compatible) format, so it takes no lock and sets no "open for writing" flag. A reader
     on the same file while the run goes on needs only to open it read-only, read, and close it:
-    `h5py.File(path, "r", locking=False)` (or `open_run`), `h5dump`/`h5ls` as they are, or with
-    `HDF5_USE_FILE_LOCKING=FALSE` in its environment (needed when the writer is an HDF5 that
-    does lock, and on file systems where `flock` fails). A reader sees the rows up to the last
-    flush; to see newer rows it must reopen the file (no SWMR: Debian's 1.10 tools cannot read
-    the `libver="latest"` files SWMR needs). A read that overlaps a flush can fail or see a
-    partial state: retry it.
+    `h5py.File(path, "r", locking=False)` (or `open_run`, or `fedast_mpi.h5open.open_h5`),
+    `h5dump`/`h5ls` as they are, or with `HDF5_USE_FILE_LOCKING=FALSE` in its environment
+    (needed when the writer is an HDF5 that does lock, and on file systems where `flock`
+    fails). A reader sees the rows up to the last flush; to see newer rows it must reopen the
+    file (no SWMR: Debian's 1.10 tools cannot read the `libver="latest"` files SWMR needs). A
+    read that overlaps a flush can fail or see a partial state: retry it
+    (`fedast_mpi.h5open.with_retry`).
     """
 
     def __init__(self, path, *, config_yaml: str, algorithm: str, clock: str, seed: int,
@@ -130,12 +121,14 @@ class RunLog:
         if os.path.exists(self.path):
             raise ConfigError(f"{self.path} already exists; choose another output directory")
         try:
-            self._f = _open_h5(self.path, "w-")
+            self._f = open_h5(self.path, "w-")
         except FileExistsError:
-            raise ConfigError(f"{self.path} already exists; choose another output directory") from None
+            raise ConfigError(f"{self.path} already exists; "
+                              f"choose another output directory") from None
         except OSError as e:
             if os.path.exists(self.path):
-                raise ConfigError(f"{self.path} already exists; choose another output directory") from None
+                raise ConfigError(f"{self.path} already exists; "
+                                  f"choose another output directory") from None
             raise ConfigError(f"cannot create {self.path}: {e}") from None
         self._closed = False
         f = self._f
@@ -154,8 +147,8 @@ class RunLog:
         self._allocation = _Table(schema.ALLOCATION, schema.ALLOCATION_DTYPE)
         for table in (self._events, self._aggregations, self._allocation):
             _new_table(f, table.path, table.dtype)
-        self._tasks = {}  # task index -> group name
-        self._evals = {}  # task index -> _Table
+        self._tasks: dict[int, str] = {}  # task index -> group name
+        self._evals: dict[int, _Table] = {}  # task index -> _Table
         self._last_flush = _time.monotonic()
         f.flush()
 
@@ -290,9 +283,10 @@ class RunLog:
         """
         self.flush()
         f = self._f
-        pos = {name: int(f[t.path].shape[0]) for name, t in
-               (("events", self._events), ("aggregations", self._aggregations),
-                ("allocation", self._allocation))}
+        pos: dict[str, int | float] = {
+            name: int(f[t.path].shape[0]) for name, t in
+            (("events", self._events), ("aggregations", self._aggregations),
+             ("allocation", self._allocation))}
         for index, table in self._evals.items():
             pos[f"eval_{index}"] = int(f[table.path].shape[0])
             pos[f"reached_{index}"] = float(self._group(index).attrs["reached_time"])
@@ -300,12 +294,13 @@ class RunLog:
 
     @classmethod
     def reopen(cls, path, position: dict, world_size: int, flush_every: float = 1.0) -> "RunLog":
-        """Open an existing run file for appending, cut back to `position` (rows after it dropped)."""
+        """Open an existing run file for appending, cut back to `position` (rows after it
+        dropped)."""
         self = cls.__new__(cls)
         self.path = os.fspath(path)
         self.flush_every = float(flush_every)
         try:
-            self._f = _open_h5(self.path, "r+")
+            self._f = open_h5(self.path, "r+")
         except OSError as e:
             raise RunFileError(f"{self.path}: cannot reopen the run file to resume: {e}") from None
         f = self._f
@@ -399,15 +394,11 @@ def open_run(path) -> h5py.File:
         raise RunFileError(f"{path}: cannot read: {e.strerror or e}") from None
     if not is_h5:
         raise RunFileError(f"{path}: not an HDF5 file")
-    for attempt in range(OPEN_ATTEMPTS):  # an open that overlaps the writer's flush can fail
-        try:
-            f = _open_h5(path, "r")
-            break
-        except OSError as e:
-            if attempt == OPEN_ATTEMPTS - 1:
-                raise RunFileError(f"{path}: cannot open as HDF5 ({e}); "
-                                   f"if it is being written, retry") from None
-            _time.sleep(RETRY_DELAY)
+    try:  # an open that overlaps the writer's flush can fail: retried
+        f = with_retry(lambda: open_h5(path, "r"), retry_on=OSError)
+    except OSError as e:
+        raise RunFileError(f"{path}: cannot open as HDF5 ({e}); "
+                           f"if it is being written, retry") from None
     try:
         if "schema" not in f.attrs:
             raise RunFileError(f"{path}: HDF5 file without a schema attribute; "
@@ -415,7 +406,8 @@ def open_run(path) -> h5py.File:
         found = _as_str(f.attrs["schema"])
         if found != schema.RUN_SCHEMA:
             what = " (a checkpoint)" if found == schema.CHECKPOINT_SCHEMA else ""
-            raise RunFileError(f"{path}: has schema {found!r}{what}, expected {schema.RUN_SCHEMA!r}")
+            raise RunFileError(f"{path}: has schema {found!r}{what}, "
+                               f"expected {schema.RUN_SCHEMA!r}")
     except BaseException:
         f.close()
         raise

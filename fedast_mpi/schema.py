@@ -1,4 +1,6 @@
-"""HDF5 schema 1 (SPEC §8): names, paths and little-endian row dtypes; numpy only, `/clients` is a group of datasets `tier` (i1, clients), `multiplier` (f4, clients) and `n_samples` (i4, clients × tasks)."""
+"""HDF5 schema 1 (SPEC §8): names, paths and little-endian row dtypes; numpy only, `/clients` is
+a group of datasets `tier` (i1, clients), `multiplier` (f4, clients) and `n_samples` (i4,
+clients × tasks)."""
 
 import numpy as np
 
@@ -6,7 +8,6 @@ RUN_SCHEMA = "fedast-mpi/run/1"
 CHECKPOINT_SCHEMA = "fedast-mpi/checkpoint/1"
 RUN_FILE = "run.h5"
 STATUSES = ("running", "completed", "interrupted", "failed")
-TIER_NAMES = ("slow", "normal", "fast")  # tier codes 0, 1, 2
 
 # Paths and names in the run file.
 EVENTS = "/events"

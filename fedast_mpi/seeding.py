@@ -4,6 +4,7 @@ A stream is named by a purpose and integers (client, task, request...), so the
 same draw is made whatever rank makes it and in whatever order streams are used.
 """
 
+import json
 import zlib
 from collections import OrderedDict
 
@@ -47,6 +48,16 @@ def int_seed(seed: int, purpose: int, *keys: int) -> int:
         if value is not None:
             return value
     return _int_seed_numpy(seed, purpose, *keys)
+
+
+def rng_state(gen: np.random.Generator) -> str:
+    """A Generator's exact state as JSON (PCG64 states are 128-bit integers), for checkpoints."""
+    return json.dumps(gen.bit_generator.state)
+
+
+def set_rng_state(gen: np.random.Generator, state: str) -> None:
+    """Put a Generator back where `rng_state` found it."""
+    gen.bit_generator.state = json.loads(state)
 
 
 def name_key(name: str) -> int:
@@ -134,10 +145,11 @@ class _SeedBlocks:
     BLOCK = 1024
     KEEP = 16
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.blocks: OrderedDict = OrderedDict()  # (prefix, block start) -> list of int seeds
         self.seen: OrderedDict = OrderedDict()  # prefixes asked for once
-        self.last = None  # (prefix, start, stop, seeds) of the latest hit
+        # (prefix, start, stop, seeds) of the latest hit
+        self.last: tuple[tuple[int, ...], int, int, list[int]] | None = None
 
     def get(self, seed: int, purpose: int, keys: tuple) -> int | None:
         last = int(keys[-1])

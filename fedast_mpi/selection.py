@@ -209,7 +209,8 @@ class BayesSelector:
             keep = np.asarray(kept_mask[m], dtype=bool)
             dur = np.asarray(durations[m], dtype=np.float64)
             if keep.shape != clients.shape or dur.shape != clients.shape:
-                raise ValueError(f"task {m}: kept_mask/durations must match its {clients.size} clients")
+                raise ValueError(f"task {m}: kept_mask/durations must match its "
+                                 f"{clients.size} clients")
             np.add.at(self.counts[m], clients[keep], 1)
             if keep.any():
                 time_cost += float(dur[keep].max())

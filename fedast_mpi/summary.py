@@ -3,13 +3,13 @@
 import math
 import os
 
-import h5py
-import time
-
 import numpy as np
 
 from . import schema
-from .runlog import OPEN_ATTEMPTS, RETRY_DELAY, RunFileError, _as_str, open_run
+from .h5open import open_h5, with_retry
+from .runlog import RunFileError, _as_str, open_run
+
+_PARTIAL_READ = (OSError, KeyError)  # what a summary read overlapping the writer's flush raises
 
 
 def _attr(obj, key, default="?"):
@@ -43,14 +43,11 @@ def summarize(path: str) -> str:
         path = os.path.join(path, schema.RUN_FILE)
     if _is_checkpoint(path):
         return summarize_checkpoint(path)
-    for attempt in range(OPEN_ATTEMPTS):  # a read that overlaps the writer's flush can fail
-        try:
-            return _summarize(path)
-        except (OSError, KeyError) as e:
-            if attempt == OPEN_ATTEMPTS - 1:
-                raise RunFileError(f"{path}: cannot read ({e}); "
-                                   f"if it is being written, retry") from None
-            time.sleep(RETRY_DELAY)
+    try:  # a read that overlaps the writer's flush can fail: retried
+        return with_retry(lambda: _summarize(path), retry_on=_PARTIAL_READ)
+    except _PARTIAL_READ as e:
+        raise RunFileError(f"{path}: cannot read ({e}); "
+                           f"if it is being written, retry") from None
 
 
 def _summarize(path):
@@ -114,7 +111,7 @@ def _summarize(path):
 
 def _is_checkpoint(path) -> bool:
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        with open_h5(path) as f:
             return _attr(f, "schema", "") == schema.CHECKPOINT_SCHEMA
     except OSError:
         return False
@@ -133,8 +130,9 @@ def summarize_checkpoint(path: str) -> str:
              f"rejected {int(reqs['rejected'].sum())})",
              f"{'task':>4} {'version':>8} {'R':>5} {'b':>4} {'buffered':>8} {'outstanding':>11} "
              f"{'versions kept':>13} {'done':>5}"]
+    live = reqs[~(reqs["cancelled"] | reqs["rejected"])]  # outstanding: trained and wanted
     for i, t in enumerate(state["tasks"]):
         lines.append(f"{i:>4} {t['version']:>8} {t['requests']:>5} {t['buffer_size']:>4} "
-                     f"{len(t['buffer']):>8} {len(t['outstanding']):>11} "
+                     f"{len(t['buffer']):>8} {int((live['task'] == i).sum()):>11} "
                      f"{len(t['versions']):>13} {'yes' if t['finished'] else 'no':>5}")
     return "\n".join(lines)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from fedast_mpi.params import FlatModel
 
 
-def batch_indices(n: int, steps: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+def batch_indices(n: int, steps: int, batch_size: int,
+                  generator: torch.Generator) -> list[torch.Tensor]:
     """Positions into a shard of n items for each step: epoch-style batches, drop_last.
 
     A fresh randperm(n) is drawn whenever fewer than batch_size unused positions remain, and
@@ -27,8 +28,8 @@ def batch_indices(n: int, steps: int, batch_size: int, generator: torch.Generato
     return out
 
 
-def local_train(fm: FlatModel, base: np.ndarray, x: torch.Tensor, y: torch.Tensor, shard: np.ndarray, *,
-                steps: int, batch_size: int, lr: float, weight_decay: float,
+def local_train(fm: FlatModel, base: np.ndarray, x: torch.Tensor, y: torch.Tensor,
+                shard: np.ndarray, *, steps: int, batch_size: int, lr: float, weight_decay: float,
                 seed: int, out: np.ndarray | None = None) -> tuple[np.ndarray, float, int]:
     """Run `steps` plain SGD steps from `base` on x[shard], y[shard]; return (delta, mean loss, n).
 
@@ -42,11 +43,13 @@ def local_train(fm: FlatModel, base: np.ndarray, x: torch.Tensor, y: torch.Tenso
     module, device = fm.module, fm.flat.device
     was_training = module.training
     module.train()
-    schedule = batch_indices(len(shard), steps, batch_size, torch.Generator().manual_seed(int(seed)))
+    schedule = batch_indices(len(shard), steps, batch_size,
+                             torch.Generator().manual_seed(int(seed)))
     shard_t = torch.as_tensor(np.asarray(shard, dtype=np.int64))
     idx = shard_t[torch.stack(schedule)].to(x.device) if steps else None
     total = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(steps):
+        assert idx is not None  # steps > 0
         b = idx[i]
         for p in fm.params:
             p.grad = None

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import Sequence
 
 import numpy as np
 from mpi4py import MPI
 
 from fedast_mpi import protocol as P
 from fedast_mpi.errors import FedastError, ProtocolError
-from fedast_mpi.executor import Update, WaitClock
+from fedast_mpi.executor import WaitClock
+from fedast_mpi.records import Update, Work
 
 
 class WorkerFailed(FedastError):
@@ -82,16 +84,13 @@ class ServerTransport:
         self.final_counts: dict[int, int] = {}
         self.error_buf = np.zeros(P.ERROR_BYTES, np.uint8)
         self.error_req = comm.Irecv([self.error_buf, MPI.BYTE], MPI.ANY_SOURCE, P.TAG_ERROR)
-        self.received = Counter()
+        self.received: Counter[int] = Counter()
         self.compute_seconds = 0.0  # workers' training time of the updates received
         self.landed: dict[int, Update] = {}
         self.arrivals: list[Update] = []
         self.discarded: set[int] = set()
         self.sends: list[tuple[MPI.Request, object]] = []
-        # models sent, and sends of a version older than the worker's newest of that task
-        # (always 0: `latest` only moves forward), bounded, unlike a record of every version
-        self.model_sends = 0
-        self.model_resends = 0
+        self.model_sends = 0  # (task, version) models sent, for tests and benchmarks
         self.wait = WaitClock()
 
     # -- receiving ---------------------------------------------------------
@@ -118,7 +117,8 @@ class ServerTransport:
             hdr = P.update_header(buf)[0]
             rid, worker = int(hdr["request"]), int(hdr["worker"])
             if int(hdr["task"]) != task:
-                raise ProtocolError(f"update of task {int(hdr['task'])} arrived on task {task}'s tag")
+                raise ProtocolError(f"update of task {int(hdr['task'])} arrived on "
+                                    f"task {task}'s tag")
             self.received[worker] += 1
             self.load[worker] -= 1
             self.compute_seconds += float(hdr["compute"])
@@ -136,7 +136,8 @@ class ServerTransport:
         if self.final_req.Test():
             rec = self.final_buf[0]
             self.final_counts[int(rec["worker"])] = int(rec["sent"])
-            self.final_req = self.comm.Irecv([self.final_buf, MPI.BYTE], MPI.ANY_SOURCE, P.TAG_FINAL)
+            self.final_req = self.comm.Irecv([self.final_buf, MPI.BYTE], MPI.ANY_SOURCE,
+                                             P.TAG_FINAL)
             got_final = True
         if len(self.sends) > 64:
             self._prune_sends()
@@ -148,7 +149,8 @@ class ServerTransport:
         self.sends = [(r, ref) for r, ref in self.sends if not r.Test()]
 
     def free(self, upd: Update) -> None:
-        """Return an update's slot to its task's pool (updates restored from a checkpoint have none)."""
+        """Return an update's slot to its task's pool (updates restored from a checkpoint have
+        none)."""
         if upd.slot is not None:
             self.free_slots[upd.task].append(upd.slot)
 
@@ -188,12 +190,8 @@ class ServerTransport:
     def _isend(self, buf: np.ndarray, dest: int, tag: int, mpi_type=MPI.BYTE) -> None:
         self.sends.append((self.comm.Isend([buf, mpi_type], dest, tag), buf))
 
-    def submit(self, req, model: np.ndarray, release_wall: float = 0.0) -> None:
-        """Send one request (and its model version if that worker lacks it)."""
-        self.submit_group([(req, model, release_wall)])
-
-    def submit_group(self, items: list[tuple]) -> None:
-        """Send (req, model, release_wall) items of one task to one worker, trained as a batch.
+    def submit(self, group: Sequence[Work]) -> None:
+        """Send requests of one task to one worker, trained there as a batch.
 
         The least-loaded worker gets the whole group. Members go in request-id order,
         each preceded by its model version if that worker lacks it: base versions never
@@ -201,21 +199,24 @@ class ServerTransport:
         `latest` agree, and no version is sent twice.
         """
         w = min(self.workers, key=lambda k: (self.load[k], k))
-        self.load[w] += len(items)
-        for req, model, release_wall in items:
+        self.load[w] += len(group)
+        for req, model, release_wall in group:
             req.worker = w
             held = self.latest.get((w, req.task))
             if held != req.base_version:
+                if held is not None and req.base_version < held:  # the worker may have evicted it
+                    raise ProtocolError(f"request {req.id} needs task {req.task} version "
+                                        f"{req.base_version}, older than worker {w}'s "
+                                        f"newest {held}")
                 self._isend(P.ctrl(P.MODEL, task=req.task, version=req.base_version,
                                    n_params=model.size), w, P.TAG_CTRL)
                 self._isend(model, w, P.TAG_MODEL, MPI.FLOAT)
                 self.latest[(w, req.task)] = req.base_version
                 self.model_sends += 1
-                self.model_resends += held is not None and req.base_version < held
             self._isend(P.ctrl(P.REQUEST, task=req.task, client=req.client, request=req.id,
                                version=req.base_version, seed=req.seed,
                                finish_time=req.finish_time, release_wall=release_wall,
-                               group_size=len(items)), w, P.TAG_CTRL)
+                               group_size=len(group)), w, P.TAG_CTRL)
 
     def discard(self, rid: int) -> None:
         """Drop the update of a cancelled request (virtual clock) when (if) it lands."""
@@ -232,9 +233,10 @@ class ServerTransport:
             self.latest.pop((w, task), None)
 
     def shutdown(self, code: int = 0, timeout: float = 120.0) -> None:
-        """Stop every worker (it exits with `code`), drain its in-flight updates, cancel receives."""
+        """Stop every worker (it exits with `code`), drain its in-flight updates, cancel
+        receives."""
         for w in self.workers:
-            self._isend(P.ctrl(P.STOP, version=code), w, P.TAG_CTRL)
+            self._isend(P.ctrl(P.STOP, exit_code=code), w, P.TAG_CTRL)
         backoff = Backoff()
         deadline = time.monotonic() + timeout
         while any(self.final_counts.get(w) != self.received[w] for w in self.workers):

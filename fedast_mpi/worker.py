@@ -15,12 +15,14 @@ from fedast_mpi.transport import Backoff, WorkerTransport
 
 
 class Worker:
-    """A stateless executor of requests: models by (task, version), a queue, held updates.
+    """Executes the server's requests: models by (task, version), a queue, held updates.
 
-    Keeps the newest version of each task it was sent plus any older version
-    a queued request still needs (the server mirrors this rule, so it never
-    sends the same (task, version) twice). Real clock: a finished update is
-    held until its release wall time.
+    Its state is a cache of what the server sent, never a source of truth: nothing of it
+    goes into a checkpoint, and after a resume the server sends every live request (and
+    its model) again, to whatever workers there are then. Keeps the newest version of each
+    task it was sent plus any older version a queued request still needs (the server
+    mirrors this rule, so it never sends the same (task, version) twice). Real clock: a
+    finished update is held until its release wall time.
     """
 
     def __init__(self, comm, runner, real_clock: bool):
@@ -88,7 +90,7 @@ class Worker:
                     del self.needed[key]
             elif kind == P.STOP:
                 self.stopping = True
-                self.exit_code = int(msg["version"])
+                self.exit_code = int(msg["exit_code"])
                 return got
             else:
                 raise ProtocolError(f"worker {self.rank}: unknown control kind {kind}")
@@ -116,7 +118,8 @@ class Worker:
     def train_next(self) -> None:
         """Train the queued group with the earliest finish time; send (or hold) its updates."""
         if self.fail_after is not None and self.trained >= self.fail_after:
-            raise RuntimeError(f"injected fault after {self.trained} requests (FEDAST_INJECT_FAULT)")
+            raise RuntimeError(f"injected fault after {self.trained} requests "
+                               f"(FEDAST_INJECT_FAULT)")
         _, _, group = heapq.heappop(self.queue)
         task = int(group[0]["task"])
         n_params = self.runner.n_params[task]

@@ -103,7 +103,8 @@ def test_fedbuff_is_fedast_with_one_task(tmp_path):
     task = [digits_task(requests=6, buffer_size=3)]
     ev1, _, fin1, _ = run_and_read(make_config(task, name="fedast"), tmp_path / "fedast")
     ev2, _, fin2, _ = run_and_read(make_config(task, name="fedbuff"), tmp_path / "fedbuff")
-    for col in ("request", "client", "base_version", "version", "finish_time", "train_loss"):  # not wall
+    # every column but wall
+    for col in ("request", "client", "base_version", "version", "finish_time", "train_loss"):
         assert np.array_equal(ev1[col], ev2[col])
     assert fin1["digits"].tobytes() == fin2["digits"].tobytes()
 
@@ -116,7 +117,8 @@ def test_fedasync_weights_updates_by_staleness(tmp_path):
     versions = [runner.initial_model(0)]
     for ev in events[events["accepted"] == 1]:
         delta, _, _ = runner.train(0, int(ev["client"]), versions[int(ev["base_version"])],
-                                   seeding.int_seed(cfg.run.seed, seeding.REQUEST, int(ev["request"])))
+                                   seeding.int_seed(cfg.run.seed, seeding.REQUEST,
+                                                    int(ev["request"])))
         s = int(ev["staleness"])
         versions.append(versions[-1] + np.float32(0.8) * (np.float32((1 + s) ** -0.5) * delta))
     assert events["staleness"].max() >= 2

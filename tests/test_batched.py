@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedast_mpi.batched import batchable, local_train_batch, schedules
-from fedast_mpi.executor import Update
+from fedast_mpi.records import Update, Work
 from fedast_mpi.grouping import Grouper, group_sizes
 from fedast_mpi.models import build_model
 from fedast_mpi.params import FlatModel
@@ -30,7 +30,8 @@ def data(name, n=120, seed=0):
     shape, classes, _, _ = MODELS[name]
     g = torch.Generator().manual_seed(seed)
     if name == "lstm":
-        return torch.randint(0, 80, (n, *shape), generator=g), torch.randint(0, classes, (n,), generator=g)
+        return (torch.randint(0, 80, (n, *shape), generator=g),
+                torch.randint(0, classes, (n,), generator=g))
     return torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
 
 
@@ -67,7 +68,8 @@ def test_equal_batch_sizes_use_plain_means_and_padding_is_weighted():
     assert idx.shape == (2, 3, 8) and w is None
     idx, w = schedules([np.arange(20), np.arange(100, 105)], [1, 2], steps=3, batch_size=8)
     assert idx.shape == (2, 3, 8)
-    assert torch.all(w[0] == 1 / 8) and torch.all(w[1, :, :5] == 1 / 5) and torch.all(w[1, :, 5:] == 0)
+    assert torch.all(w[0] == 1 / 8) and torch.all(w[1, :, :5] == 1 / 5) \
+        and torch.all(w[1, :, 5:] == 0)
     mine = batch_indices(5, 3, 8, torch.Generator().manual_seed(2))
     assert all(torch.equal(idx[1, s, :5], 100 + mine[s]) for s in range(3))
 
@@ -99,8 +101,8 @@ class Recorder:
         self.groups, self.discarded, self.freed, self.cancelled = [], [], [], []
         self.wait, self.compute_seconds = object(), 0.0
 
-    def submit_group(self, items):
-        self.groups.append([req.id for req, _, _ in items])
+    def submit(self, items):
+        self.groups.append([w.req.id for w in items])
 
     def wait_for(self, rid):
         return Update(rid, 0, 1, 0.0, 1, np.array([rid], np.float32), slot=object())
@@ -128,20 +130,20 @@ def test_groups_fill_flush_early_and_skip_single_tasks():
     g = Grouper(inner, [3, 1])
     reqs = {i: req(i, 0 if i < 7 else 1) for i in range(9)}
     for i in (2, 0, 1):
-        g.submit(reqs[i], None)
+        g.submit([Work(reqs[i], None)])
     assert inner.groups == [[0, 1, 2]] and reqs[2].group == 0  # full: sent, sorted by id
-    g.submit(reqs[7], None)
+    g.submit([Work(reqs[7], None)])
     assert inner.groups[-1] == [7] and reqs[7].group == 7  # task 1 is not grouped
-    g.submit(reqs[3], None)
-    g.submit(reqs[4], None)
+    g.submit([Work(reqs[3], None)])
+    g.submit([Work(reqs[4], None)])
     assert len(inner.groups) == 2
     g.discard(4)  # pending: never sent
     assert g.wait_for(3).request == 3  # needed before its group filled: sent early
     assert inner.groups[-1] == [3] and inner.discarded == []
-    g.submit(reqs[5], None)
-    g.submit(reqs[6], None)
+    g.submit([Work(reqs[5], None)])
+    g.submit([Work(reqs[6], None)])
     assert g.poll(0.0) == [] and inner.groups[-1] == [5, 6]  # real clock: poll sends pending
-    g.submit(reqs[8], None)
+    g.submit([Work(reqs[8], None)])
     g.cancel_task(1)
     assert inner.cancelled == [1]
 
@@ -151,7 +153,7 @@ def test_open_groups_are_pulled_for_a_checkpoint_and_resubmitted_exactly():
     g = Grouper(inner, [3])
     reqs = [req(i) for i in range(8)]
     for r in reqs:
-        g.submit(r, None)  # groups [0,1,2], [3,4,5]; 6, 7 pending
+        g.submit([Work(r, None)])  # groups [0,1,2], [3,4,5]; 6, 7 pending
     g.wait_for(1)  # group 0 is now open
     ready = g.pull_open()
     assert sorted(ready) == [0, 2] and sorted(inner.freed) == [0, 2]
@@ -160,7 +162,7 @@ def test_open_groups_are_pulled_for_a_checkpoint_and_resubmitted_exactly():
     inner2 = Recorder()
     g2 = Grouper(inner2, [3])
     g2.preload(list(ready.values()))
-    live = [(r, None, 0.0) for r in reqs if r.id != 1]
+    live = [Work(r, None) for r in reqs if r.id != 1]
     g2.resubmit(live, real=False)
     assert inner2.groups == [[3, 4, 5]]  # the unconsumed group again; 0, 2 ready; 6, 7 pending
     assert g2.wait_for(2).delta[0] == 2 and inner2.groups == [[3, 4, 5]]
@@ -171,8 +173,8 @@ def test_open_groups_are_pulled_for_a_checkpoint_and_resubmitted_exactly():
 def test_requests_past_the_horizon_are_never_sent():
     inner = Recorder()
     g = Grouper(inner, [1], horizon=10.0)
-    g.submit(req(0, finish=10.0), None)
-    g.submit(req(1, finish=10.5), None)
+    g.submit([Work(req(0, finish=10.0), None)])
+    g.submit([Work(req(1, finish=10.5), None)])
     assert inner.groups == [[0]] and g.parked == {1}
     g.discard(1)  # its task completed: nothing to tell the executor
     assert inner.discarded == [] and not g.parked

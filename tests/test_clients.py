@@ -10,7 +10,8 @@ from fedast_mpi.clients import ClientPool, DelayModel, assign_tiers
 
 def tiers(slow=0.25, normal=0.5, fast=0.25, mults=(1.3, 1.0, 0.7)):
     t = lambda f, m: SimpleNamespace(fraction=f, multiplier=m)  # noqa: E731
-    return SimpleNamespace(slow=t(slow, mults[0]), normal=t(normal, mults[1]), fast=t(fast, mults[2]))
+    return SimpleNamespace(slow=t(slow, mults[0]), normal=t(normal, mults[1]),
+                           fast=t(fast, mults[2]))
 
 
 def test_tier_fractions_and_multipliers():
@@ -28,7 +29,8 @@ def test_tier_rounding_covers_every_client():
     assert len(code) == 7 and set(code) <= {0, 1, 2}
 
 
-@pytest.mark.parametrize("shift,exp_mean,multi,mult", [(1.0, 2.0, 1.0, 1.0), (0.074, 0.148, 27, 1.3)])
+@pytest.mark.parametrize("shift,exp_mean,multi,mult",
+                         [(1.0, 2.0, 1.0, 1.0), (0.074, 0.148, 27, 1.3)])
 def test_shifted_exponential_mean_and_shift(shift, exp_mean, multi, mult):
     model = DelayModel(shift, exp_mean, multi)
     rng = np.random.default_rng(0)

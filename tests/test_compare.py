@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
+import types
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from analysis.metrics import RunTimes
 from conftest import launch
 from fedast_mpi.compare import expand, plan, summarize
 from fedast_mpi.config import load_config
@@ -40,18 +42,25 @@ def test_plan_same_seeds_per_algorithm_and_overrides():
         plan(cfg, ["fedast"], 0)
 
 
+def _times(tasks, end_time=1000.0):
+    run = types.SimpleNamespace(end_time=end_time)
+    return RunTimes(run, tasks, max(tasks.values()))
+
+
 def test_summary_gain_is_the_papers_formula():
-    results = {"fedast": {0: ({"a": 10.0, "b": 60.0}, 60.0), 1: ({"a": 12.0, "b": 40.0}, 40.0)},
-               "sync": {0: ({"a": 20.0, "b": 100.0}, 100.0), 1: ({"a": 30.0, "b": 80.0}, 80.0)}}
+    results = {"fedast": {0: _times({"a": 10.0, "b": 60.0}), 1: _times({"a": 12.0, "b": 40.0})},
+               "sync": {0: _times({"a": 20.0, "b": 100.0}), 1: _times({"a": 30.0, "b": 80.0})}}
     table, rows = summarize(results)
     gains = [(100 - 60) / 100, (80 - 40) / 80]
     mean, std = 100 * np.mean(gains), 100 * np.std(gains, ddof=1)
     assert rows[2][-1] == f"{mean:.1f} ± {std:.1f} %"
     assert rows[2][3] == "90.0 ± 14.1"  # completion of sync
     assert "| fedast |" in table
-    results["sync"][1] = ({"a": 30.0, "b": math.inf}, math.inf)
+    results["sync"][1] = _times({"a": 30.0, "b": math.inf}, end_time=200.0)
     _, rows = summarize(results)
-    assert "not reached" in rows[2][3]
+    assert rows[2][3] == "100.0 (1 not reached)"
+    # the seed that reached gives the gain; the other a lower bound from where sync stopped
+    assert rows[2][-1] == "40.0 %; ≥ 80.0 % on 1 seed (baseline not reached)"
 
 
 @pytest.mark.slow
@@ -71,7 +80,8 @@ def test_fedast_completes_sooner_than_sync_st(tmp_path):
             for key in ("clients/tier", "clients/multiplier", "clients/n_samples"):
                 assert np.array_equal(f[key][()], s[key][()]), key
             for name in f["tasks"]:
-                assert f[f"tasks/{name}/eval"][0]["accuracy"] == s[f"tasks/{name}/eval"][0]["accuracy"]
+                assert f[f"tasks/{name}/eval"][0]["accuracy"] \
+                    == s[f"tasks/{name}/eval"][0]["accuracy"]
             done = [max(g.attrs["reached_time"] for g in x["tasks"].values()) for x in (f, s)]
             assert all(np.isfinite(done)), done
             gains.append((done[1] - done[0]) / done[1])

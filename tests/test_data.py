@@ -17,7 +17,8 @@ def task(dataset="digits", args=None, kind="iid", alpha=None, spc=None, name="t0
     if args is None:
         args = {"test_fraction": 0.2} if dataset == "digits" else dict(SYN)
     return types.SimpleNamespace(name=name, dataset=dataset, dataset_args=args, data_dir=None,
-                                 partition=types.SimpleNamespace(kind=kind, alpha=alpha, samples_per_client=spc))
+                                 partition=types.SimpleNamespace(kind=kind, alpha=alpha,
+                                                                 samples_per_client=spc))
 
 
 def same(a, b):
@@ -78,7 +79,8 @@ def test_synthetic_shapes_and_determinism():
     assert [s.tolist() for s in d.shards] == [list(range(50 * k, 50 * k + 50)) for k in range(12)]
     assert same(d, load_task_data(task("synthetic", kind="natural"), 12, 4))
     assert not same(d, load_task_data(task("synthetic", kind="natural"), 12, 5))
-    e = load_task_data(task("synthetic", dict(SYN, dim=5, classes=3, test_per_client=2), "dirichlet", 0.5, 8), 4, 0)
+    e = load_task_data(task("synthetic", dict(SYN, dim=5, classes=3, test_per_client=2),
+                            "dirichlet", 0.5, 8), 4, 0)
     assert e.train_x.shape == (32, 5) and e.test_x.shape == (8, 5) and e.n_classes == 3
     assert all(len(s) == 8 for s in e.shards)
     assert e.train_y.max() < 3

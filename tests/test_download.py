@@ -45,7 +45,8 @@ class Server:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/mirror"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def stop(self):
@@ -70,7 +71,8 @@ def md5(data: bytes) -> str:
 
 def idx_gz(arr, magic) -> bytes:
     arr = np.asarray(arr, np.uint8)
-    return gzip.compress(struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes())
+    return gzip.compress(struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape)
+                         + arr.tobytes())
 
 
 def serve_idx(server, monkeypatch, name="mnist", n_train=20, n_test=6):
@@ -87,11 +89,13 @@ def serve_idx(server, monkeypatch, name="mnist", n_train=20, n_test=6):
 
 def task(dataset, data_dir, kind="iid"):
     return types.SimpleNamespace(name="t", dataset=dataset, dataset_args={}, data_dir=str(data_dir),
-                                 partition=types.SimpleNamespace(kind=kind, alpha=0.5, samples_per_client=None))
+                                 partition=types.SimpleNamespace(kind=kind, alpha=0.5,
+                                                                 samples_per_client=None))
 
 
 def leftovers(root):
-    return sorted(p.name for p in root.rglob("*") if p.name.startswith(".") or p.name.endswith(".part"))
+    return sorted(p.name for p in root.rglob("*")
+                  if p.name.startswith(".") or p.name.endswith(".part"))
 
 
 def test_idx_download_verify_and_skip(server, monkeypatch, tmp_path):
@@ -123,7 +127,8 @@ def test_fmnist_goes_to_its_own_folder(server, monkeypatch, tmp_path):
 
 def test_corrupted_file_leaves_nothing(server, monkeypatch, tmp_path):
     files = serve_idx(server, monkeypatch)
-    server.files["/mirror/t10k-images-idx3-ubyte.gz"] = b"corrupted" + files["t10k-images-idx3-ubyte.gz"][9:]
+    server.files["/mirror/t10k-images-idx3-ubyte.gz"] = \
+        b"corrupted" + files["t10k-images-idx3-ubyte.gz"][9:]
     with pytest.raises(DataError) as e:
         dl.download("mnist", tmp_path, mirror=server.url, timeout=TIMEOUT)
     msg = str(e.value)
@@ -162,7 +167,8 @@ def cifar_tarball(extra=None) -> bytes:
     for i, f in enumerate(dl.ARCHIVES["cifar10"][1]):
         n = 3 + i
         members[f"cifar-10-batches-py/{f}"] = pickle.dumps(
-            {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8), b"labels": [j % 10 for j in range(n)]})
+            {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+             b"labels": [j % 10 for j in range(n)]})
     members.update(extra or {})
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -233,7 +239,8 @@ def test_shakespeare_and_unknown_names(tmp_path):
 def test_checksum_table_is_the_standard_one():
     assert dl.CHECKSUMS["mnist"]["train-images-idx3-ubyte.gz"] == "f68b3c2dcbeaaa9fbdd348bbdeb94873"
     assert dl.CHECKSUMS["fmnist"]["t10k-labels-idx1-ubyte.gz"] == "bb300cfdad3c16e7a12a480ee83cd310"
-    assert dl.CHECKSUMS["cifar100"] == {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"}
+    assert dl.CHECKSUMS["cifar100"] == {
+        "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"}
     assert dl.BASE_URLS["mnist"] == "https://ossci-datasets.s3.amazonaws.com/mnist/"
     assert all(len(f) == 4 for n, f in dl.CHECKSUMS.items() if n in ("mnist", "fmnist"))
 

@@ -97,7 +97,8 @@ def replay_fedavg(cfg, rounds, task=0):
 def report_bitwise(label, a, b):
     """Print (visible with -s / in the captured output on failure) whether a == b bitwise."""
     same = a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-    diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.shape == b.shape else np.inf
+    diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) \
+        if a.shape == b.shape else np.inf
     print(f"[equivalence] {label}: bitwise_equal={same} max_abs_diff={diff:.3g}")
     return same
 
@@ -244,7 +245,8 @@ def replay_clock(cfg, events, multiplier):
         expo = rng.exponential(d.exp_mean) if d.exp_mean > 0 else 0.0
         start = max(float(ev["dispatch_time"]), busy.get(client, 0.0))
         queued += start > ev["dispatch_time"]
-        finish[i] = busy[client] = start + d.local_multi * float(multiplier[client]) * (d.shift + expo)
+        finish[i] = busy[client] = (start + d.local_multi * float(multiplier[client])
+                                    * (d.shift + expo))
     return finish, queued
 
 

@@ -28,8 +28,8 @@ def test_param_counts():
     assert n_params(build_model("mlp", {"hidden": []}, (1, 8, 8), 10, 0)) == 650
 
     def cnn(c, h, w, ch0, ch1, hidden, k):
-        return (c * 9 * ch0 + ch0) + (ch0 * 9 * ch1 + ch1) + (ch1 * (h // 4) * (w // 4) * hidden + hidden) \
-            + hidden * k + k
+        return (c * 9 * ch0 + ch0) + (ch0 * 9 * ch1 + ch1) \
+            + (ch1 * (h // 4) * (w // 4) * hidden + hidden) + hidden * k + k
     assert n_params(build_model("cnn", {}, (1, 8, 8), 10, 0)) == cnn(1, 8, 8, 16, 32, 64, 10)
     assert n_params(build_model("cnn", {"channels": [4, 8], "hidden": 20}, (3, 12, 10), 7, 0)) == \
         cnn(3, 12, 10, 4, 8, 20, 7)

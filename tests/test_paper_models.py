@@ -131,9 +131,11 @@ def test_local_train_step_runs_and_is_deterministic(name):
 @pytest.mark.parametrize("name,shape,n_classes,match", [
     ("lenet5", (3, 32, 32), 10, r"^model 'lenet5' needs \(1, 28, 28\) input, got \(3, 32, 32\)$"),
     ("lenet5", (1, 8, 8), 10, r"needs \(1, 28, 28\) input"),
-    ("cifar_cnn", (1, 28, 28), 10, r"^model 'cifar_cnn' needs \(3, 32, 32\) input, got \(1, 28, 28\)$"),
+    ("cifar_cnn", (1, 28, 28), 10,
+     r"^model 'cifar_cnn' needs \(3, 32, 32\) input, got \(1, 28, 28\)$"),
     ("resnet18_gn", (3, 28, 28), 100, r"^model 'resnet18_gn' needs \(3, 32, 32\) input"),
-    ("lstm", (1, 28, 28), 80, r"^model 'lstm' needs \(seq_len,\) character-index input, got \(1, 28, 28\)$"),
+    ("lstm", (1, 28, 28), 80,
+     r"^model 'lstm' needs \(seq_len,\) character-index input, got \(1, 28, 28\)$"),
 ])
 def test_wrong_input_shape(name, shape, n_classes, match):
     with pytest.raises(ConfigError, match=match) as info:

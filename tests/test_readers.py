@@ -1,4 +1,5 @@
-"""The standard-file readers (MNIST/FMNIST IDX, CIFAR pickles, LEAF Shakespeare JSON) on tiny generated files."""
+"""The standard-file readers (MNIST/FMNIST IDX, CIFAR pickles, LEAF Shakespeare JSON) on tiny
+generated files."""
 
 import gzip
 import json
@@ -20,7 +21,8 @@ def task(dataset, data_dir, kind="iid", alpha=0.5, spc=None, name="t0"):
     """A duck-typed task config as the config module provides it."""
     return types.SimpleNamespace(name=name, dataset=dataset, dataset_args={},
                                  data_dir=None if data_dir is None else str(data_dir),
-                                 partition=types.SimpleNamespace(kind=kind, alpha=alpha, samples_per_client=spc))
+                                 partition=types.SimpleNamespace(kind=kind, alpha=alpha,
+                                                                 samples_per_client=spc))
 
 
 def same(a, b):
@@ -62,10 +64,10 @@ def test_idx_torchvision_layout_and_mixed_gz(tmp_path):
     a = load_task_data(task("mnist", tmp_path, kind="dirichlet", alpha=0.3, spc=8), 6, 0)
     b = load_task_data(task("fmnist", tmp_path, kind="dirichlet", alpha=0.3, spc=8), 6, 0)
     assert a.train_x.shape[0] == 40 and b.train_x.shape[0] == 30
-    np.testing.assert_allclose(a.train_x.numpy()[:, 0] * 0.3081 + 0.1307, mn["train-images-idx3-ubyte"] / 255.0,
-                               atol=1e-5)
-    np.testing.assert_allclose(b.train_x.numpy()[:, 0] * 0.3081 + 0.1307, fm["train-images-idx3-ubyte"] / 255.0,
-                               atol=1e-5)
+    np.testing.assert_allclose(a.train_x.numpy()[:, 0] * 0.3081 + 0.1307,
+                               mn["train-images-idx3-ubyte"] / 255.0, atol=1e-5)
+    np.testing.assert_allclose(b.train_x.numpy()[:, 0] * 0.3081 + 0.1307,
+                               fm["train-images-idx3-ubyte"] / 255.0, atol=1e-5)
     assert all(len(s) == 8 and s.max() < 30 for s in b.shards)
     # the raw/ folder is preferred over files directly in data_dir
     write_idx_set(tmp_path, seed=3, n_train=20)
@@ -137,7 +139,8 @@ def test_cifar10_shapes_normalisation_labels(tmp_path):
         np.testing.assert_allclose(d.train_x.numpy(), (raw / 255.0 - 0.5) / 0.5, atol=1e-5)
         assert d.train_y.tolist() == sum((p[1] for p in parts), [])
         assert d.test_y.tolist() == test[1]
-        np.testing.assert_allclose(d.test_x.numpy(), (test[0].reshape(7, 3, 32, 32) / 255.0 - 0.5) / 0.5, atol=1e-5)
+        np.testing.assert_allclose(d.test_x.numpy(),
+                                   (test[0].reshape(7, 3, 32, 32) / 255.0 - 0.5) / 0.5, atol=1e-5)
         assert len(d.shards) == 5 and all(len(s) == 6 for s in d.shards)
     assert d.train_x.min() >= -1.0 and d.train_x.max() <= 1.0
 
@@ -147,29 +150,35 @@ def test_cifar100_fine_labels_and_channels(tmp_path):
     tr = cifar_batch(folder / "train", 30, b"fine_labels", 100, 5, protocol=4)
     te = cifar_batch(folder / "test", 9, b"fine_labels", 100, 6, protocol=2)
     d = load_task_data(task("cifar100", tmp_path, kind="iid", spc=10), 3, 0)
-    assert d.n_classes == 100 and d.train_x.shape == (30, 3, 32, 32) and d.test_x.shape == (9, 3, 32, 32)
+    assert d.n_classes == 100 and d.train_x.shape == (30, 3, 32, 32) \
+        and d.test_x.shape == (9, 3, 32, 32)
     assert d.train_y.tolist() == tr[1] and d.test_y.tolist() == te[1]
     mean = np.array([0.5071, 0.4867, 0.4408]).reshape(1, 3, 1, 1)
     std = np.array([0.2675, 0.2565, 0.2761]).reshape(1, 3, 1, 1)
-    np.testing.assert_allclose(d.train_x.numpy(), (tr[0].reshape(30, 3, 32, 32) / 255.0 - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(d.train_x.numpy(),
+                               (tr[0].reshape(30, 3, 32, 32) / 255.0 - mean) / std, atol=1e-5)
     # channel-major: pixel 0 of channel 1 is byte 1024 of the row
-    assert d.train_x[0, 1, 0, 0].item() == pytest.approx((tr[0][0, 1024] / 255.0 - 0.4867) / 0.2565, abs=1e-5)
+    assert d.train_x[0, 1, 0, 0].item() == pytest.approx((tr[0][0, 1024] / 255.0 - 0.4867) / 0.2565,
+                                                         abs=1e-5)
 
 
 def py2_pickle(data: np.ndarray, labels: list[int]) -> bytes:
-    """A batch as Python 2's cPickle (protocol 2) writes it: str keys and raw data as SHORT_BINSTRING/BINSTRING."""
+    """A batch as Python 2's cPickle (protocol 2) writes it: str keys and raw data as
+    SHORT_BINSTRING/BINSTRING."""
     def s(b):
-        return (b"U" + bytes([len(b)]) + b) if len(b) < 256 else (b"T" + struct.pack("<I", len(b)) + b)
+        return (b"U" + bytes([len(b)]) + b) if len(b) < 256 \
+            else (b"T" + struct.pack("<I", len(b)) + b)
 
     def i(n):
         return b"J" + struct.pack("<i", n)
 
-    dtype = (b"cnumpy\ndtype\n" + s(b"u1") + b"\x89\x88\x87R(" + i(3) + s(b"|") + b"NNN" + i(-1) + i(-1) + i(0)
-             + b"tb")
-    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + i(0) + b"\x85" + s(b"b") + b"\x87R("
-             + i(1) + i(data.shape[0]) + i(data.shape[1]) + b"\x86" + dtype + b"\x89" + s(data.tobytes()) + b"tb")
-    return (b"\x80\x02}(" + s(b"batch_label") + s(b"py2") + s(b"data") + array + s(b"labels") + b"]("
-            + b"".join(i(v) for v in labels) + b"eu.")
+    dtype = (b"cnumpy\ndtype\n" + s(b"u1") + b"\x89\x88\x87R(" + i(3) + s(b"|") + b"NNN"
+             + i(-1) + i(-1) + i(0) + b"tb")
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + i(0) + b"\x85"
+             + s(b"b") + b"\x87R(" + i(1) + i(data.shape[0]) + i(data.shape[1]) + b"\x86"
+             + dtype + b"\x89" + s(data.tobytes()) + b"tb")
+    return (b"\x80\x02}(" + s(b"batch_label") + s(b"py2") + s(b"data") + array + s(b"labels")
+            + b"](" + b"".join(i(v) for v in labels) + b"eu.")
 
 
 def test_cifar_python2_pickles(tmp_path):
@@ -178,7 +187,8 @@ def test_cifar_python2_pickles(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     raws = []
-    for f in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+    for f in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+              "test_batch"):
         data = rng.integers(0, 256, (3, 3072)).astype(np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, 3)]
         if f == "data_batch_5":
@@ -189,7 +199,8 @@ def test_cifar_python2_pickles(tmp_path):
     d = load_task_data(task("cifar10", tmp_path), 2, 0)
     want = np.concatenate([r[0] for r in raws[:5]]).reshape(15, 3, 32, 32)
     np.testing.assert_allclose(d.train_x.numpy(), (want / 255.0 - 0.5) / 0.5, atol=1e-5)
-    assert d.train_y.tolist() == sum((r[1] for r in raws[:5]), []) and d.test_y.tolist() == raws[5][1]
+    assert d.train_y.tolist() == sum((r[1] for r in raws[:5]), []) \
+        and d.test_y.tolist() == raws[5][1]
 
 
 def test_cifar_malformed(tmp_path):
@@ -246,7 +257,8 @@ def user_rows(train_docs):
 
 def test_all_letters_is_leafs_set():
     assert len(leaf.ALL_LETTERS) == 80 and len(set(leaf.ALL_LETTERS)) == 80
-    assert leaf.ALL_LETTERS[0] == "\n" and leaf.ALL_LETTERS[-1] == "}" and leaf.ALL_LETTERS.index("a") == 53 and leaf.ALL_LETTERS.index("A") == 25
+    assert leaf.ALL_LETTERS[0] == "\n" and leaf.ALL_LETTERS[-1] == "}" \
+        and leaf.ALL_LETTERS.index("a") == 53 and leaf.ALL_LETTERS.index("A") == 25
     assert leaf.encode([leaf.ALL_LETTERS], 80, "f", "x").tolist() == [list(range(80))]
     assert DATASETS["shakespeare"].partitions[0] == "natural"
 
@@ -260,7 +272,8 @@ def test_shakespeare_encoding_round_trip(tmp_path):
     assert 0 <= d.train_x.min() and d.train_x.max() < 80 and d.train_y.max() < 80
     rows = [r for rows in user_rows(train).values() for r in rows]
     assert [(leaf.decode(x), leaf.decode(y)) for x, y in zip(d.train_x, d.train_y)] == rows
-    test_rows = [r for rows in user_rows(test).values() for r in rows]  # union of every user's test samples
+    # union of every user's test samples
+    test_rows = [r for rows in user_rows(test).values() for r in rows]
     assert [(leaf.decode(x), leaf.decode(y)) for x, y in zip(d.test_x, d.test_y)] == test_rows
 
 
@@ -281,7 +294,8 @@ def test_shakespeare_one_user_per_client(tmp_path):
     assert all(np.array_equal(d.shards[k], d.shards[k + 5]) for k in range(7))
     # deterministic, and the permutation depends on the seed
     assert same(d, load_task_data(task("shakespeare", tmp_path, kind="natural"), 12, 3))
-    perms = {tuple(owner(s) for s in load_task_data(task("shakespeare", tmp_path, kind="natural"), 5, seed).shards)
+    perms = {tuple(owner(s) for s in load_task_data(task("shakespeare", tmp_path, kind="natural"),
+                                                    5, seed).shards)
              for seed in range(6)}
     assert len(perms) > 1
     # fewer clients than users: distinct users
@@ -306,7 +320,8 @@ def test_shakespeare_malformed(tmp_path):
     with pytest.raises(DataError) as e:
         load_task_data(task("shakespeare", tmp_path, kind="natural"), 2, 0)
     one_line_error(e, bad, "not valid JSON")
-    bad.write_text(json.dumps({"users": ["A"], "num_samples": [1], "user_data": {"A": {"x": ["ab"], "y": ["c"]}}}))
+    bad.write_text(json.dumps({"users": ["A"], "num_samples": [1],
+                               "user_data": {"A": {"x": ["ab"], "y": ["c"]}}}))
     with pytest.raises(DataError) as e:
         load_task_data(task("shakespeare", tmp_path, kind="natural"), 2, 0)
     one_line_error(e, bad, "'A'", "expected 80")
@@ -315,7 +330,8 @@ def test_shakespeare_malformed(tmp_path):
     with pytest.raises(DataError) as e:
         load_task_data(task("shakespeare", tmp_path, kind="natural"), 2, 0)
     one_line_error(e, bad, "'~'", "80-character set")
-    bad.write_text(json.dumps({"users": ["A"], "num_samples": [1], "user_data": {"A": {"x": ["é" * 80], "y": ["c"]}}}))
+    bad.write_text(json.dumps({"users": ["A"], "num_samples": [1],
+                               "user_data": {"A": {"x": ["é" * 80], "y": ["c"]}}}))
     with pytest.raises(DataError) as e:
         load_task_data(task("shakespeare", tmp_path, kind="natural"), 2, 0)
     one_line_error(e, bad, "'é'")
@@ -366,7 +382,8 @@ def test_all_paper_datasets_in_one_data_dir(tmp_path):
     cifar_batch(tmp_path / "cifar-100-python" / "train", 11, b"fine_labels", 100, 0)
     cifar_batch(tmp_path / "cifar-100-python" / "test", 3, b"fine_labels", 100, 1)
     write_shakespeare(tmp_path / "shakespeare")
-    sizes = {name: len(load_task_data(task(name, tmp_path, kind="natural" if name == "shakespeare" else "iid"),
+    sizes = {name: len(load_task_data(task(name, tmp_path,
+                                           kind="natural" if name == "shakespeare" else "iid"),
                                       2, 0).train_y)
              for name in ("mnist", "fmnist", "cifar10", "cifar100", "shakespeare")}
     assert sizes == {"mnist": 40, "fmnist": 30, "cifar10": 20, "cifar100": 11, "shakespeare": 20}

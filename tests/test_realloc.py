@@ -8,7 +8,7 @@ import pytest
 from fedast_mpi import aggregation
 from fedast_mpi.realloc import (Reallocator, allocate_code, allocate_paper, code_buffer,
                                 code_period, code_sample, normalized_variance, paper_period,
-                                paper_sigma2, replacement_count, rescale_buffer)
+                                paper_sigma2, rescale_buffer)
 
 NAN = float("nan")
 
@@ -195,14 +195,9 @@ def test_periods():
     ("code", 10, 12, 30, 29, 0),
 ])
 def test_replacement_count(variant, target, out, tot_t, tot_o, expected):
-    assert replacement_count(variant, target, out, tot_t, tot_o) == expected
+    assert _make(variant).replacement_count(target, out, tot_t, tot_o) == expected
     if variant == "code":
         assert expected == aggregation.replacement_count(target, out, tot_t, tot_o)
-
-
-def test_replacement_count_unknown_variant():
-    with pytest.raises(ValueError):
-        replacement_count("other", 1, 0, 1, 0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ def test_outstanding_requests_never_exceed_target(run):
     ev, alloc = run["events"], run["allocation"]
     for m, attrs in run["tasks"].items():
         e = ev[ev["task"] == m]
-        end = np.where(e["accepted"] == 1, e["time"], attrs["reached_time"])  # cancelled: at completion
+        # cancelled: at completion
+        end = np.where(e["accepted"] == 1, e["time"], attrs["reached_time"])
         r_max = alloc[alloc["task"] == m]["requests"]
         for t in np.unique(e["dispatch_time"]):
             live = np.count_nonzero((e["dispatch_time"] <= t) & (end > t))

@@ -74,7 +74,8 @@ def slurm_cluster():
             pytest.skip(f"no SLURM ({why}); {script} did not finish in 900 s")
         if res.returncode != 0:
             tail = (res.stdout + res.stderr).strip().splitlines()[-5:]
-            pytest.skip(f"no SLURM ({why}); {script} failed (rc {res.returncode}): " + " | ".join(tail))
+            pytest.skip(f"no SLURM ({why}); {script} failed (rc {res.returncode}): "
+                        + " | ".join(tail))
         started = True
         why = _slurm_answers()
         if why is not None:

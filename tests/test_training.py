@@ -14,8 +14,10 @@ from fedast_mpi.training import batch_indices, evaluate, local_train
 
 @pytest.fixture(scope="module")
 def digits():
-    t = types.SimpleNamespace(name="d", dataset="digits", dataset_args={"test_fraction": 0.2}, data_dir=None,
-                              partition=types.SimpleNamespace(kind="iid", alpha=None, samples_per_client=60))
+    t = types.SimpleNamespace(name="d", dataset="digits", dataset_args={"test_fraction": 0.2},
+                              data_dir=None,
+                              partition=types.SimpleNamespace(kind="iid", alpha=None,
+                                                              samples_per_client=60))
     return load_task_data(t, 10, 0)
 
 
@@ -55,15 +57,16 @@ def reference_train(name, base, x, y, shard, steps, bs, lr, wd, seed):
     return flatten(model) - base, float(np.mean(losses))
 
 
-@pytest.mark.parametrize("name,wd,shard_len", [("logreg", 0.0, 60), ("mlp", 1e-3, 60), ("cnn", 5e-4, 60),
-                                               ("mlp", 0.0, 5)])
+@pytest.mark.parametrize("name,wd,shard_len", [("logreg", 0.0, 60), ("mlp", 1e-3, 60),
+                                               ("cnn", 5e-4, 60), ("mlp", 0.0, 5)])
 def test_local_train_matches_plain_loop(digits, name, wd, shard_len):
     fm = FlatModel(build_model(name, {}, (1, 8, 8), 10, 1))
     base = fm.numpy() + np.float32(0.01)
     shard = digits.shards[2][:shard_len]
     delta, loss, n = local_train(fm, base, digits.train_x, digits.train_y, shard,
                                  steps=9, batch_size=16, lr=0.1, weight_decay=wd, seed=11)
-    ref_delta, ref_loss = reference_train(name, base, digits.train_x, digits.train_y, shard, 9, 16, 0.1, wd, 11)
+    ref_delta, ref_loss = reference_train(name, base, digits.train_x, digits.train_y, shard,
+                                          9, 16, 0.1, wd, 11)
     assert n == shard_len
     assert delta.dtype == np.float32 and delta.shape == base.shape
     assert np.array_equal(delta, ref_delta)

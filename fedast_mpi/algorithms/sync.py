@@ -17,16 +17,17 @@ import json
 import numpy as np
 
 from fedast_mpi import selection
-from fedast_mpi.server import ServerBase
+from fedast_mpi.algorithms.base import Policy
+from fedast_mpi.records import Request, Update
 
 
-class Sync(ServerBase):
-    """Round-based baselines; `algorithm.name` picks how clients are assigned to tasks."""
+class Sync(Policy):
+    """Round-based baselines; the registry's `selector` trait picks how clients are assigned."""
 
-    def __init__(self, cfg, runner, executor, runlog, progress, wall0=None, fresh=True):
-        super().__init__(cfg, runner, executor, runlog, progress, wall0, fresh)
+    def __init__(self, server) -> None:
+        super().__init__(server)
+        cfg = server.cfg
         algo = cfg.algorithm
-        self.name = algo.name
         self.available = cfg.clients.available or cfg.clients.count
         self.round = 0
         self.remaining: dict[int, int] = {}
@@ -36,14 +37,14 @@ class Sync(ServerBase):
         self.durations: list[np.ndarray] = []
         self.losses: dict[int, float] = {}
         m, n = len(cfg.tasks), cfg.clients.count
-        self.ucb = selection.UcbScores(m, n, algo.ucb_gamma) if self.name == "sync-ucb" else None
+        selector = self.spec.selector
+        self.ucb = selection.UcbScores(m, n, algo.ucb_gamma) if selector == "ucb" else None
         self.bayes = (selection.BayesSelector(m, n, algo.bayes_alpha, algo.bayes_candidates)
-                      if self.name == "sync-bayes" else None)
+                      if selector == "bayes" else None)
 
     def state_dict(self) -> dict:
-        state = super().state_dict()
         rr = sorted(self.round_requests.items())
-        state["sync"] = {
+        return {"sync": {
             "round": self.round,
             "remaining": json.dumps({str(k): v for k, v in self.remaining.items()}),
             "assignment": list(self.assignment), "kept": list(self.kept),
@@ -51,11 +52,9 @@ class Sync(ServerBase):
             "losses": json.dumps({str(k): v for k, v in self.losses.items()}),
             "round_requests": np.array([(r, t, c) for r, (t, c) in rr], np.int64).reshape(-1, 3),
             "ucb": self.ucb.state_dict() if self.ucb is not None else None,
-            "bayes": self.bayes.state_dict() if self.bayes is not None else None}
-        return state
+            "bayes": self.bayes.state_dict() if self.bayes is not None else None}}
 
     def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
         s = state["sync"]
         self.round = int(s["round"])
         self.remaining = {int(k): int(v) for k, v in json.loads(s["remaining"]).items()}
@@ -70,51 +69,55 @@ class Sync(ServerBase):
             self.bayes.load_state_dict(s["bayes"])
 
     def start(self) -> None:
-        self.begin()
-        self.evaluate_initial()
+        """The initial allocation rows, version 0's evaluations, then the first round."""
+        self.tasks.log_allocations()
+        self.evaluate_all()
         self.start_round()
 
     # -- a round -----------------------------------------------------------------------
     def select(self) -> tuple[list[np.ndarray], int | None]:
         """The round's clients per task, and k (None: wait for all)."""
         active = [not t.finished for t in self.tasks]
-        n = self.cfg.clients.count
+        n = self.server.cfg.clients.count
         if self.ucb is not None and self.round == 0:  # every client trains every task
             return [np.arange(n) if a else np.zeros(0, np.int64) for a in active], None
+        rng = self.server.select_rng
         shares = selection.sync_shares(self.available, [t.requests for t in self.tasks],
-                                       active, self.select_rng)
+                                       active, rng)
         if self.ucb is not None:
-            chosen = self.ucb.select(shares, self.round, self.select_rng)
+            chosen = self.ucb.select(shares, self.round, rng)
         elif self.bayes is not None:
-            chosen = self.bayes.select(shares, self.select_rng)
+            chosen = self.bayes.select(shares, rng)
         else:
-            chosen = selection.random_assignment(n, shares, self.select_rng)
-        return chosen, self.cfg.algorithm.first_k
+            chosen = selection.random_assignment(n, shares, rng)
+        return chosen, self.server.cfg.algorithm.first_k
 
     def start_round(self) -> None:
         """Dispatch a round: schedule every job, train only the first k of each task."""
-        if all(t.finished for t in self.tasks):
+        if self.tasks.all_finished():
             return
         chosen, k = self.select()
         self.assignment, self.kept, self.durations = [], [], []
         self.remaining, self.losses, self.round_requests = {}, {}, {}
+        now = self.server.clock.now
         for t, clients in zip(self.tasks, chosen):
-            reqs = [self.schedule(t, int(c)) for c in clients] if not t.finished else []
+            reqs = ([self.book.new(t.index, t.version, int(c), now) for c in clients]
+                    if not t.finished else [])
             keep = selection.first_k([r.finish_time for r in reqs], [r.id for r in reqs], k)
             for req, kept in zip(reqs, keep):
                 if kept:
-                    self.submit(req)
+                    self.server.send(req)
                     self.round_requests[req.id] = (req.task, req.client)
                 else:
-                    self.reject(req)
+                    self.book.reject(req)
             self.assignment.append(np.asarray(clients, np.int64))
             self.kept.append(np.asarray(keep, bool))
             self.durations.append(np.array([r.finish_time - r.start_time for r in reqs]))
             if reqs:
                 self.remaining[t.index] = int(np.count_nonzero(keep))
 
-    def process(self, req, upd) -> None:
-        self.accept(req, upd)
+    def on_update(self, req: Request, upd: Update) -> None:
+        self.tasks.accept(req, upd)
         self.remaining[req.task] -= 1
         self.losses[req.id] = upd.train_loss
 
@@ -133,7 +136,7 @@ class Sync(ServerBase):
             self.bayes.observe(self.assignment, self.kept, self.durations)
         if self.ucb is not None:
             trained, losses = [], []
-            by_client = {}
+            by_client: dict[int, list[tuple[int, float]]] = {}
             for rid, loss in self.losses.items():
                 task, client = self.round_requests[rid]
                 by_client.setdefault(task, []).append((client, loss))

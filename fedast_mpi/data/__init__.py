@@ -48,7 +48,8 @@ def stream_key(**fields) -> int:
 
 
 def load_task_data(task, n_clients: int, seed: int) -> TaskData:
-    """Load (or generate) a task's dataset and partition it into n_clients shards, deterministically.
+    """Load (or generate) a task's dataset and partition it into n_clients shards,
+    deterministically.
 
     The partition stream is keyed by the dataset, its args and the partition settings only,
     so identical tasks of a run, and runs of different algorithms with the same seed, get
@@ -65,19 +66,21 @@ def load_task_data(task, n_clients: int, seed: int) -> TaskData:
     if not DATASETS[name].embedded:
         tx, ty, vx, vy, input_shape, n_classes, users = _read_files(name, task)
         if part.kind == "natural" and spc is not None:
-            raise ConfigError(f"dataset {name!r}: partition 'natural' gives each client its LEAF user's "
-                              f"samples; samples_per_client must be null, got {spc}")
+            raise ConfigError(f"dataset {name!r}: partition 'natural' gives each client its "
+                              f"LEAF user's samples; samples_per_client must be null, got {spc}")
     elif name == "digits":
         tx, ty, vx, vy = digits.load(args["test_fraction"])
         input_shape, n_classes = digits.INPUT_SHAPE, digits.N_CLASSES
     else:
         gen_spc = spc if spc is not None else SYNTHETIC_DEFAULT_SAMPLES
         key = stream_key(dataset=name, args=args, n_clients=n_clients, samples_per_client=gen_spc)
-        tx, ty, vx, vy = synthetic.generate(args, n_clients, gen_spc, seeding.generator(seed, seeding.DATASET, key))
+        tx, ty, vx, vy = synthetic.generate(args, n_clients, gen_spc,
+                                            seeding.generator(seed, seeding.DATASET, key))
         input_shape, n_classes = (int(args["dim"]),), int(args["classes"])
         spc = gen_spc
     rng = seeding.generator(seed, seeding.PARTITION, stream_key(
-        dataset=name, args=args, kind=part.kind, alpha=part.alpha, samples_per_client=part.samples_per_client))
+        dataset=name, args=args, kind=part.kind, alpha=part.alpha,
+        samples_per_client=part.samples_per_client))
     if part.kind == "natural" and users is not None:
         shards = leaf.natural_partition(users, n_clients, rng)
     elif part.kind == "natural":
@@ -86,16 +89,18 @@ def load_task_data(task, n_clients: int, seed: int) -> TaskData:
         shards = iid_partition(len(ty), n_clients, spc, rng)
     else:
         shards = dirichlet_partition(ty, n_clients, part.alpha, spc, rng)
-    return TaskData(torch.from_numpy(tx), torch.from_numpy(ty), torch.from_numpy(vx), torch.from_numpy(vy),
-                    tuple(shards), tuple(input_shape), n_classes)
+    return TaskData(torch.from_numpy(tx), torch.from_numpy(ty), torch.from_numpy(vx),
+                    torch.from_numpy(vy), tuple(shards), tuple(input_shape), n_classes)
 
 
 def _data_dir(name: str, task) -> Path:
-    """The task's data_dir as an existing directory (ConfigError when unset, DataError when absent)."""
+    """The task's data_dir as an existing directory (ConfigError when unset, DataError when
+    absent)."""
     data_dir = getattr(task, "data_dir", None)
     if data_dir is None or str(data_dir) == "":
-        raise ConfigError(f"dataset {name!r} reads its standard files from data_dir, which is not set "
-                          f"(get them with `fedast-mpi data download {name} --to DIR`)")
+        raise ConfigError(f"dataset {name!r} reads its standard files from data_dir, "
+                          f"which is not set (get them with "
+                          f"`fedast-mpi data download {name} --to DIR`)")
     path = Path(data_dir).expanduser()
     if not path.is_dir():
         what = "not a directory" if path.exists() else "no such directory"
@@ -104,7 +109,8 @@ def _data_dir(name: str, task) -> Path:
 
 
 def _read_files(name: str, task):
-    """(train_x, train_y, test_x, test_y, input_shape, n_classes, leaf users or None) of a file dataset."""
+    """(train_x, train_y, test_x, test_y, input_shape, n_classes, leaf users or None) of a file
+    dataset."""
     path = _data_dir(name, task)
     if name in ("mnist", "fmnist"):
         return (*idx.load(name, path), idx.INPUT_SHAPE, idx.N_CLASSES, None)

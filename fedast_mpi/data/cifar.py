@@ -39,8 +39,8 @@ class CifarSpec:
 
 
 SPECS = {
-    "cifar10": CifarSpec("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
-                       b"labels", 10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "cifar10": CifarSpec("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                       ("test_batch",), b"labels", 10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "cifar100": CifarSpec("cifar-100-python", ("train",), ("test",), b"fine_labels", 100,
                         (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
@@ -61,17 +61,20 @@ class _Unpickler(pickle.Unpickler):
 
 
 def find_folder(name: str, data_dir: Path) -> Path:
-    """The batch folder of `name`: data_dir itself when it holds the batches, else data_dir/<folder>."""
+    """The batch folder of `name`: data_dir itself when it holds the batches, else
+    data_dir/<folder>."""
     spec = SPECS[name]
     for folder in (data_dir, data_dir / spec.folder):
         if (folder / spec.train[0]).is_file():
             return folder
-    raise DataError(f"{data_dir}: no {name} batches (expected {spec.folder}/{spec.train[0]} in it, or "
-                    f"{spec.train[0]} directly; get them with `fedast-mpi data download {name}`)")
+    raise DataError(f"{data_dir}: no {name} batches (expected {spec.folder}/{spec.train[0]} "
+                    f"in it, or {spec.train[0]} directly; "
+                    f"get them with `fedast-mpi data download {name}`)")
 
 
 def read_batch(path: Path, label_key: bytes, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled batch: (uint8 [n, 3, 32, 32], int64 [n]); anything else is a DataError naming the file."""
+    """One pickled batch: (uint8 [n, 3, 32, 32], int64 [n]); anything else is a DataError naming
+    the file."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -79,7 +82,8 @@ def read_batch(path: Path, label_key: bytes, n_classes: int) -> tuple[np.ndarray
     try:
         batch = _Unpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as exc:  # any malformed pickle: truncated, foreign globals, bad opcodes
-        raise DataError(f"{path}: not a CIFAR python pickle batch ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"{path}: not a CIFAR python pickle batch "
+                        f"({type(exc).__name__}: {exc})") from exc
     if isinstance(batch, dict):  # py3-written batches may use str keys
         batch = {k.encode("latin1") if isinstance(k, str) else k: v for k, v in batch.items()}
     want = f"a dict with b'data' and {label_key!r}"
@@ -87,7 +91,8 @@ def read_batch(path: Path, label_key: bytes, n_classes: int) -> tuple[np.ndarray
         keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise DataError(f"{path}: expected {want}, got {keys}")
     data = batch[b"data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3072:
         shape = getattr(data, "shape", None)
         raise DataError(f"{path}: b'data' must be a uint8 array of shape (n, 3072), got "
                         f"{type(data).__name__} {getattr(data, 'dtype', '')} {shape}")
@@ -111,18 +116,21 @@ def _normalise(img: np.ndarray, mean, std) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(name: str, folder: Path, _stamp) -> tuple[np.ndarray, ...]:
+def _load_cached(name: str, folder: Path,
+                 _stamp) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     spec = SPECS[name]
     out = []
     for files in (spec.train, spec.test):
         parts = [read_batch(folder / f, spec.label_key, spec.n_classes) for f in files]
         out.append(_normalise(np.concatenate([p[0] for p in parts]), spec.mean, spec.std))
         out.append(np.concatenate([p[1] for p in parts]))
-    return tuple(out)
+    train_x, train_y, test_x, test_y = out
+    return train_x, train_y, test_x, test_y
 
 
 def load(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train_x, train_y, test_x, test_y) of 'cifar10' or 'cifar100': x float32 (n, 3, 32, 32), y int64.
+    """(train_x, train_y, test_x, test_y) of 'cifar10' or 'cifar100': x float32 (n, 3, 32, 32),
+    y int64.
 
     Parsed once per process and file version; the arrays are shared by the tasks that use
     them and must not be modified in place.

@@ -52,8 +52,9 @@ SUBFOLDERS = {"mnist": "MNIST/raw", "fmnist": "FashionMNIST/raw", "cifar10": "",
 """Where under `to` the downloaded files go."""
 
 ARCHIVES = {
-    "cifar10": ("cifar-10-batches-py", ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
-                                        "data_batch_5", "test_batch", "batches.meta")),
+    "cifar10": ("cifar-10-batches-py", ("data_batch_1", "data_batch_2", "data_batch_3",
+                                        "data_batch_4", "data_batch_5", "test_batch",
+                                        "batches.meta")),
     "cifar100": ("cifar-100-python", ("train", "test", "meta")),
 }
 """The folder each tarball extracts to and the files it must contain."""
@@ -101,10 +102,12 @@ def fetch(url: str, dest: Path, md5: str, *, timeout: float) -> None:
             except urllib.error.URLError as exc:
                 raise DataError(f"{url}: cannot download ({_one_line(exc.reason)})") from exc
             except (OSError, ValueError) as exc:  # timeouts, resets, bad URLs
-                raise DataError(f"{url}: cannot download ({_one_line(exc) or type(exc).__name__})") from exc
+                raise DataError(f"{url}: cannot download "
+                                f"({_one_line(exc) or type(exc).__name__})") from exc
         got = h.hexdigest()
         if got != md5:
-            raise DataError(f"{dest}: md5 mismatch for {url} (expected {md5}, got {got}); file removed")
+            raise DataError(f"{dest}: md5 mismatch for {url} (expected {md5}, got {got}); "
+                            f"file removed")
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -118,7 +121,8 @@ def _checked_members(tar: tarfile.TarFile, archive: Path, folder: str) -> list[t
         parts = PurePosixPath(m.name).parts
         if (m.name.startswith(("/", "\\")) or ".." in parts or not parts or parts[0] != folder
                 or not (m.isfile() or m.isdir())):
-            raise DataError(f"{archive}: unexpected member {m.name!r} (expected plain files under {folder}/)")
+            raise DataError(f"{archive}: unexpected member {m.name!r} "
+                            f"(expected plain files under {folder}/)")
     return members
 
 
@@ -155,7 +159,8 @@ def download(name: str, to: Path, mirror: str | None = None, *, timeout: float =
     if name == "shakespeare":
         raise DataError(SHAKESPEARE_HELP.format(to=to))
     if name not in CHECKSUMS:
-        raise ConfigError(f"no download for dataset {name!r} (known: {', '.join(sorted(CHECKSUMS))}, shakespeare)")
+        raise ConfigError(f"no download for dataset {name!r} "
+                          f"(known: {', '.join(sorted(CHECKSUMS))}, shakespeare)")
     to = Path(to)
     dest_dir = to / SUBFOLDERS[name]
     try:

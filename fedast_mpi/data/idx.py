@@ -57,7 +57,8 @@ def read_idx(path: Path, magic: int, ndim_sizes: tuple[int | None, ...]) -> np.n
     if got != magic:
         raise DataError(f"{path}: not an {what} file (magic 0x{got:08x}, expected 0x{magic:08x})")
     if len(raw) < head:
-        raise DataError(f"{path}: truncated {what} file (header needs {head} bytes, file has {len(raw)})")
+        raise DataError(f"{path}: truncated {what} file (header needs {head} bytes, "
+                        f"file has {len(raw)})")
     shape = tuple(int(s) for s in np.frombuffer(raw[4:head], dtype=">u4"))
     for size, want in zip(shape, ndim_sizes):
         if want is not None and size != want:
@@ -95,12 +96,14 @@ def find_files(name: str, data_dir: Path) -> tuple[Path, ...]:
         folder, missing = best
         raise DataError(f"{folder}: missing {', '.join(m + '[.gz]' for m in missing)} "
                         f"(the {name} IDX files)")
-    raise DataError(f"{data_dir}: no {name} IDX files (expected {FILES[0]}[.gz] and the other three "
-                    f"in {folders[0]} or {data_dir}; get them with `fedast-mpi data download {name}`)")
+    raise DataError(f"{data_dir}: no {name} IDX files (expected {FILES[0]}[.gz] and the other "
+                    f"three in {folders[0]} or {data_dir}; "
+                    f"get them with `fedast-mpi data download {name}`)")
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(paths: tuple[Path, ...], _stamp) -> tuple[np.ndarray, ...]:
+def _load_cached(paths: tuple[Path, ...],
+                 _stamp) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     tr_img = read_idx(paths[0], MAGIC_IMAGES, (None, 28, 28))
     tr_lab = read_idx(paths[1], MAGIC_LABELS, (None,))
     te_img = read_idx(paths[2], MAGIC_IMAGES, (None, 28, 28))
@@ -108,7 +111,8 @@ def _load_cached(paths: tuple[Path, ...], _stamp) -> tuple[np.ndarray, ...]:
     for img_path, img, lab_path, lab in ((paths[0], tr_img, paths[1], tr_lab),
                                          (paths[2], te_img, paths[3], te_lab)):
         if len(img) != len(lab):
-            raise DataError(f"{lab_path}: {len(lab)} labels for the {len(img)} images of {img_path}")
+            raise DataError(f"{lab_path}: {len(lab)} labels for the {len(img)} images of "
+                            f"{img_path}")
         if len(img) == 0:
             raise DataError(f"{img_path}: no images")
         if lab.size and lab.max() >= N_CLASSES:
@@ -117,7 +121,8 @@ def _load_cached(paths: tuple[Path, ...], _stamp) -> tuple[np.ndarray, ...]:
 
 
 def _normalise(img: np.ndarray) -> np.ndarray:
-    """uint8 (n, 28, 28) -> float32 (n, 1, 28, 28), (x/255 - MEAN)/STD as torchvision's transforms."""
+    """uint8 (n, 28, 28) -> float32 (n, 1, 28, 28), (x/255 - MEAN)/STD as torchvision's
+    transforms."""
     x = img.astype(np.float32).reshape(-1, *INPUT_SHAPE)
     x /= np.float32(255.0)
     x -= np.float32(MEAN)

@@ -2,7 +2,8 @@
 
 LEAF (`data/shakespeare/preprocess.sh -s niid --sf 1.0 -k 0 -t sample -tf 0.8`, PAPER.md §6.1)
 writes `train/*.json` and `test/*.json`, each
-`{"users": [...], "num_samples": [...], "user_data": {user: {"x": [80-char str], "y": [1-char str]}}}`.
+`{"users": [...], "num_samples": [...],
+  "user_data": {user: {"x": [80-char str], "y": [1-char str]}}}`.
 They are looked for in `data_dir`, `data_dir/shakespeare` and `data_dir/shakespeare/data` (the
 LEAF checkout layout); the first folder holding both `train/` and `test/` wins.
 
@@ -47,7 +48,8 @@ class LeafData:
 
 
 def encode(strings: list[str], length: int, path: Path, what: str) -> np.ndarray:
-    """int64 [len(strings), length] indices into ALL_LETTERS; wrong lengths or characters are DataErrors."""
+    """int64 [len(strings), length] indices into ALL_LETTERS; wrong lengths or characters are
+    DataErrors."""
     if not strings:
         return np.empty((0, length), dtype=np.int64)
     if not all(isinstance(s, str) for s in strings):
@@ -55,12 +57,14 @@ def encode(strings: list[str], length: int, path: Path, what: str) -> np.ndarray
     lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
     bad = np.flatnonzero(lengths != length)
     if bad.size:
-        raise DataError(f"{path}: {what} #{bad[0]} has {lengths[bad[0]]} characters, expected {length}")
+        raise DataError(f"{path}: {what} #{bad[0]} has {lengths[bad[0]]} characters, "
+                        f"expected {length}")
     text = "".join(strings)
     try:
         codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
     except UnicodeEncodeError as exc:
-        raise DataError(f"{path}: {what} contains {text[exc.start]!r}, not in LEAF's 80-character set") from exc
+        raise DataError(f"{path}: {what} contains {text[exc.start]!r}, "
+                        f"not in LEAF's 80-character set") from exc
     idx = _LUT[codes]
     if (idx < 0).any():
         ch = chr(codes[np.flatnonzero(idx < 0)[0]])
@@ -84,14 +88,16 @@ def _read_file(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("users"), list) \
             or not isinstance(doc.get("user_data"), dict):
-        raise DataError(f"{path}: expected a LEAF JSON object with 'users' (list) and 'user_data' (object)")
+        raise DataError(f"{path}: expected a LEAF JSON object with 'users' (list) and "
+                        f"'user_data' (object)")
     counts = doc.get("num_samples")
     if counts is not None and (not isinstance(counts, list) or len(counts) != len(doc["users"])):
         raise DataError(f"{path}: 'num_samples' must list one count per user")
     out = []
     for i, user in enumerate(doc["users"]):
         data = doc["user_data"].get(user) if isinstance(user, str) else None
-        if not isinstance(data, dict) or not isinstance(data.get("x"), list) or not isinstance(data.get("y"), list):
+        if not isinstance(data, dict) or not isinstance(data.get("x"), list) \
+                or not isinstance(data.get("y"), list):
             raise DataError(f"{path}: user_data[{user!r}] must be an object with lists 'x' and 'y'")
         xs, ys = data["x"], data["y"]
         if len(xs) != len(ys) or (counts is not None and counts[i] != len(xs)):
@@ -103,7 +109,8 @@ def _read_file(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
-def _read_split(files: tuple[Path, ...]) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int]]]:
+def _read_split(files: tuple[Path, ...]
+                ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int]]]:
     """Pool a split's files: (x, y, [(user, start, stop)]) with a user's samples contiguous."""
     chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for path in files:
@@ -124,7 +131,8 @@ def _read_split(files: tuple[Path, ...]) -> tuple[np.ndarray, np.ndarray, list[t
 
 
 def find_files(data_dir: Path) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
-    """The train and test JSON files (each in name order), or a DataError saying where they were sought."""
+    """The train and test JSON files (each in name order), or a DataError saying where they were
+    sought."""
     for sub in FOLDERS:
         folder = data_dir / sub
         train, test = folder / "train", folder / "test"
@@ -132,11 +140,12 @@ def find_files(data_dir: Path) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
         if tr:
             te = sorted(test.glob("*.json")) if test.is_dir() else []
             if not te:
-                raise DataError(f"{test}: no LEAF Shakespeare test JSON files (*.json) next to {train}")
+                raise DataError(f"{test}: no LEAF Shakespeare test JSON files (*.json) "
+                                f"next to {train}")
             return tuple(tr), tuple(te)
     where = ", ".join(str(data_dir / s) for s in FOLDERS)
-    raise DataError(f"{data_dir}: no LEAF Shakespeare data (expected train/*.json and test/*.json in one of "
-                    f"{where}; see `fedast-mpi data download shakespeare`)")
+    raise DataError(f"{data_dir}: no LEAF Shakespeare data (expected train/*.json and "
+                    f"test/*.json in one of {where}; see `fedast-mpi data download shakespeare`)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -157,7 +166,8 @@ def load(data_dir: Path) -> LeafData:
     """
     train, test = find_files(Path(data_dir))
     try:
-        stamp = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in train + test)
+        stamp = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
+                      for p in train + test)
     except OSError as exc:
         raise DataError(f"{data_dir}: cannot read the Shakespeare files ({exc})") from exc
     return _load_cached(train, test, stamp)

@@ -10,7 +10,8 @@ def _stream(n_items: int, length: int, rng: np.random.Generator) -> np.ndarray:
     n_perms = -(-length // n_items) if length else 0
     if n_perms == 0:
         return np.empty(0, dtype=np.int64)
-    return np.concatenate([rng.permutation(n_items) for _ in range(n_perms)])[:length].astype(np.int64)
+    return np.concatenate([rng.permutation(n_items)
+                           for _ in range(n_perms)])[:length].astype(np.int64)
 
 
 def iid_partition(n_items: int, n_clients: int, samples_per_client: int | None,
@@ -24,7 +25,8 @@ def iid_partition(n_items: int, n_clients: int, samples_per_client: int | None,
     """
     _check(n_items, n_clients, samples_per_client)
     if samples_per_client is None:
-        return [a.copy() for a in np.array_split(_stream(n_items, max(n_items, n_clients), rng), n_clients)]
+        return [a.copy() for a in np.array_split(_stream(n_items, max(n_items, n_clients), rng),
+                                                 n_clients)]
     s = _stream(n_items, n_clients * samples_per_client, rng)
     return [s[k * samples_per_client:(k + 1) * samples_per_client].copy() for k in range(n_clients)]
 
@@ -50,7 +52,8 @@ def _class_probs(alpha: float, n_classes: int, rng: np.random.Generator) -> np.n
 
 
 def dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float,
-                        samples_per_client: int | None, rng: np.random.Generator) -> list[np.ndarray]:
+                        samples_per_client: int | None,
+                        rng: np.random.Generator) -> list[np.ndarray]:
     """Label-skewed client shards after the authors' DirichletLoader (PAPER.md §6.1).
 
     Per client: p ~ Dir(alpha * 1_C) over the classes present in `labels`; counts of each

@@ -71,7 +71,8 @@ def cifar_batch(path, n, label_key, n_classes, seed, protocol=2, drop=None):
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
     labels = [int(v) for v in rng.integers(0, n_classes, n)]
-    batch = {b"batch_label": b"generated", b"data": data, label_key: labels, b"filenames": [b"x.png"] * n}
+    batch = {b"batch_label": b"generated", b"data": data, label_key: labels,
+             b"filenames": [b"x.png"] * n}
     if label_key == b"fine_labels":
         batch[b"coarse_labels"] = [v // 5 for v in labels]
     if drop:
@@ -127,7 +128,8 @@ def leaf_file(path, users, counts, rng):
 
 
 def write_shakespeare(root, seed=0):
-    """Two train files with 5 users, two test files; returns (train docs in read order, test docs)."""
+    """Two train files with 5 users, two test files; returns (train docs in read order,
+    test docs)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     train = [leaf_file(root / "train" / f, *SHAKES_USERS[f], rng) for f in sorted(SHAKES_USERS)]

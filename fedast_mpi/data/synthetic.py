@@ -1,4 +1,5 @@
-"""The `synthetic` dataset: LEAF Synthetic(alpha, beta) of Li et al. (FedProx), one distribution per client."""
+"""The `synthetic` dataset: LEAF Synthetic(alpha, beta) of Li et al. (FedProx), one distribution
+per client."""
 
 import numpy as np
 
@@ -6,7 +7,8 @@ from fedast_mpi.errors import ConfigError
 
 
 def generate(args, n_clients: int, samples_per_client: int, rng: np.random.Generator):
-    """Draw every client's local distribution and samples; returns (train_x, train_y, test_x, test_y).
+    """Draw every client's local distribution and samples; returns (train_x, train_y, test_x,
+    test_y).
 
     Client k: u_k ~ N(0, alpha), B_k ~ N(0, beta) (alpha and beta are standard deviations, as
     `np.random.normal` in the FedProx generator); W_k ~ N(u_k, 1) [classes x dim],

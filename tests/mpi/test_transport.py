@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from fedast_mpi.server import Request
+from fedast_mpi.records import Request, Work
 from fedast_mpi.transport import ServerTransport
 from fedast_mpi.worker import Worker
 
@@ -40,7 +40,7 @@ class EchoRunner:
         if self.sleep:
             time.sleep(self.sleep)
         self.groups.append([seed for _, _, seed in items])
-        for (client, model, seed), out in zip(items, outs):
+        for (_client, model, seed), out in zip(items, outs):
             out[:] = model + np.float32(seed % 1000)
         return [(out, float(client), task + 1) for (client, _, _), out in zip(items, outs)]
 
@@ -73,7 +73,7 @@ def test_updates_land_in_their_task_and_models_travel_once():
                     rid = len(reqs)
                     req = Request(rid, task, client=k, base_version=version, dispatch_time=0.0,
                                   finish_time=float(rid), seed=rid)
-                    st.submit(req, model(task, version))
+                    st.submit([Work(req, model(task, version))])
                     reqs.append(req)
         for req in reversed(reqs):  # ask in any order: each lands in its own slot
             upd = st.wait_for(req.id)
@@ -82,7 +82,7 @@ def test_updates_land_in_their_task_and_models_travel_once():
             assert upd.delta.size == N_PARAMS[req.task]
             assert np.all(upd.delta == model(req.task, req.base_version) + np.float32(req.seed))
             st.free(upd)
-        assert st.model_sends and st.model_resends == 0
+        assert st.model_sends == len({(r.worker, r.task, r.base_version) for r in reqs})
         workers = {r.worker for r in reqs}
         assert workers == set(range(1, st.comm.size))  # load spread over every worker
         assert not st.landed
@@ -96,13 +96,13 @@ def test_cancelled_task_is_dropped_and_drained():
         for rid in range(6):
             req = Request(rid, 1, client=rid, base_version=0, dispatch_time=0.0,
                           finish_time=float(rid), seed=rid)
-            st.submit(req, model(1, 0))
+            st.submit([Work(req, model(1, 0))])
             doomed.append(rid)
         st.cancel_task(1)
         for rid in doomed:
             st.discard(rid)
         keep = Request(100, 0, client=0, base_version=0, dispatch_time=0.0, finish_time=0.0, seed=7)
-        st.submit(keep, model(0, 0))
+        st.submit([Work(keep, model(0, 0))])
         upd = st.wait_for(100)
         assert np.all(upd.delta == model(0, 0) + 7)
         st.free(upd)
@@ -120,7 +120,7 @@ def test_real_clock_holds_updates_until_release():
             req = Request(rid, 0, client=rid, base_version=0, dispatch_time=0.0,
                           finish_time=0.0, seed=rid)
             releases[rid] = now + 0.3 * (rid + 1)
-            st.submit(req, model(0, 0), releases[rid])
+            st.submit([Work(req, model(0, 0), releases[rid])])
         got = []
         while len(got) < 4:
             for upd in st.poll(0.05):
@@ -136,7 +136,7 @@ def test_real_clock_holds_updates_until_release():
 def test_server_does_not_spin_while_waiting():
     def server(st):
         req = Request(0, 0, client=0, base_version=0, dispatch_time=0.0, finish_time=0.0, seed=1)
-        st.submit(req, model(0, 0))
+        st.submit([Work(req, model(0, 0))])
         wall, cpu = time.perf_counter(), time.process_time()
         st.free(st.wait_for(0))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -156,10 +156,10 @@ def test_groups_go_to_one_worker_with_each_model_once():
                 for v in versions:
                     req = Request(rid, task, client=rid % 5, base_version=v, dispatch_time=0.0,
                                   finish_time=float(rid), seed=rid)
-                    items.append((req, model(task, v), 0.0))
+                    items.append(Work(req, model(task, v)))
                     rid += 1
-                st.submit_group(items)
-                groups.append([req for req, _, _ in items])
+                st.submit(items)
+                groups.append([w.req for w in items])
         for group in groups:
             workers = set()
             for req in group:
@@ -168,6 +168,7 @@ def test_groups_go_to_one_worker_with_each_model_once():
                 workers.add(upd.worker)
                 st.free(upd)
             assert workers == {group[0].worker}
-        assert st.model_sends and st.model_resends == 0
+        assert st.model_sends == len({(r.worker, r.task, r.base_version)
+                                      for group in groups for r in group})
 
     with_workers(server)
