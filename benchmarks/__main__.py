@@ -2,7 +2,7 @@
 
     python -m benchmarks [NAME ...] [--reps N] [--quick] [--json PATH]
 
-Benchmarks (default: all; `scale` only without --quick or when named):
+Benchmarks (default: all; `scale` and `scaling` only without --quick or when named):
   overhead    virtual clock, ONE worker (mpiexec -n 2): the run's `wall_seconds` versus a bare
               PyTorch loop (benchmarks/bare_loop.py) training the same requests one after
               another; on the default job, a compute-heavier CNN job, and the paper's MNIST
@@ -23,6 +23,11 @@ Benchmarks (default: all; `scale` only without --quick or when named):
               rename of the same arrays (benchmarks/io_cost.py). Ratio = product / baseline.
   batched     requests/s of batched (vmap) training at group sizes 1, 4, 16 versus one at a
               time, for logreg, mlp, lenet5, cifar_cnn (benchmarks/batched.py; CPU here).
+  scaling     benchmarks/scaling.py once (not repeated): strong scaling with EMULATED workers
+              (calibrated sleeps; the real server, transport and protocol) at W = 1 ... 64 on
+              the Fashion-MNIST and CIFAR-10 CNN paper workloads, evaluation on the server vs
+              on the workers: efficiency against W = 1, rank 0's busy fraction and serial
+              seconds per update, and the ceiling they imply. Timing only.
   scale       benchmarks/scale.py once (not repeated): a long run's wall time, updates/s,
               and each rank's RSS at ~10 % of the run versus the end (flatness).
 
@@ -53,7 +58,9 @@ from typing import Any, Sequence
 
 from benchmarks.workloads import Workload, workloads
 
-BENCHMARKS = ("overhead", "throughput", "server_cpu", "transport", "io_cost", "batched", "scale")
+BENCHMARKS = ("overhead", "throughput", "server_cpu", "transport", "io_cost", "batched", "scale",
+              "scaling")
+LONG = ("scale", "scaling")  # not in --quick unless named
 OVERHEAD = ("small", "heavy", "mnist-mlp", "cifar-cnn")  # workloads of the overhead benchmark
 LABELS = {"small": "default job", "heavy": "heavy CNN", "mnist-mlp": "MNIST MLP (paper)",
           "cifar-cnn": "CIFAR-10 CNN (paper)"}
@@ -65,14 +72,17 @@ NEEDS = {
     "io_cost": ("io_cost",),
     "batched": ("batched",),
     "scale": ("scale",),
+    "scaling": ("scaling",),
 }
-ORDER = (*NEEDS["overhead"], "run:heavy:3", "waitany", "transport", "io_cost", "batched", "scale")
-ONCE = ("scale", "batched")  # measured in the first repetition only
+ORDER = (*NEEDS["overhead"], "run:heavy:3", "waitany", "transport", "io_cost", "batched", "scale",
+         "scaling")
+ONCE = ("scale", "batched", "scaling")  # measured in the first repetition only
 # batched repeats itself inside one process (--rounds = repetitions, interleaved single /
 # batched rounds): no process start-up, data loading and warm-up per repetition.
 DEFAULT_REPS, QUICK_REPS = 5, 3
 RUN_TIMEOUT = 600
 SCALE_TIMEOUT = 3600
+SCALING_WORKERS = "1,2,4,8,16,32,64"
 GROUPS = (1, 4, 16)
 IO_STATES = {"default job": "small", "MNIST MLP": "mnist-mlp"}  # checkpoint label -> workload
 
@@ -302,6 +312,12 @@ class Session:
                "--json", str(out)]
         return self._json_tool("scale", cmd, out, timeout=SCALE_TIMEOUT)
 
+    def run_scaling(self) -> dict:
+        out = self.fresh("scaling").with_suffix(".json")
+        cmd = [sys.executable, "-m", "benchmarks.scaling", "--workers",
+               "1,4,16" if self.quick else SCALING_WORKERS, "--json", str(out)]
+        return self._json_tool("scaling", cmd, out, timeout=SCALE_TIMEOUT)
+
     def measure(self, key: str) -> dict:
         kind, *rest = key.split(":")
         if kind == "run":
@@ -310,7 +326,7 @@ class Session:
             return self.run_bare(rest[0])
         return {"waitany": self.run_waitany, "transport": self.run_transport,
                 "io_cost": self.run_io_cost, "batched": self.run_batched,
-                "scale": self.run_scale}[kind]()
+                "scale": self.run_scale, "scaling": self.run_scaling}[kind]()
 
 
 def brief(key: str, rec: dict) -> str:
@@ -338,6 +354,11 @@ def brief(key: str, rec: dict) -> str:
     if key == "scale":
         return (f"wall {rec['wall_seconds']:.1f} s, {rec['updates']} updates, "
                 f"{rec['updates_per_second']:.0f}/s")
+    if key == "scaling":
+        return "; ".join(f"{w} eval on {m}: efficiency {rows[-1].get('efficiency', 0):.2f} "
+                         f"at W={rows[-1]['workers']}"
+                         for w, v in rec["workloads"].items() for m, rows in v["summary"].items()
+                         if rows)
     return f"Waitany CPU {100 * rec['cpu_fraction']:.1f} % of {rec['wait_seconds']:.2f} s"
 
 
@@ -545,6 +566,22 @@ def fig_scale(S: dict) -> dict:
             "total_seconds": rec.get("total_seconds")}
 
 
+def fig_scaling(S: dict) -> dict:
+    rec = next((r for r in S["scaling"] if r.get("ok")), None)
+    if rec is None:
+        return {"ok": False}
+    out: dict = {"ok": True, "workloads": {}}
+    for name, w in rec["workloads"].items():
+        cal = w["calibration"]["tasks"][0]
+        out["workloads"][name] = {
+            "data": w["data"], "train_ms": 1e3 * cal["train_seconds"],
+            "chunk_ms": 1e3 * cal["eval_chunk_seconds"], "summary": w["summary"],
+            "busy_per_update_ms": {
+                f"{r['mode']}:{r['workers']}": {k: 1e3 * v for k, v in r["busy_per_update"].items()}
+                for r in w["runs"] if r.get("ok")}}
+    return out
+
+
 # -- printing --------------------------------------------------------------------------------
 def fmt(s: dict | None, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
     if not s:
@@ -659,6 +696,28 @@ def table(figs: dict, reps: int, workload_desc: dict) -> str:
                             f"| {'n/a' if b is None else f'{b:.1f}'} "
                             f"| {'n/a' if fl is None else f'{fl:.3f}×'} "
                             f"| ≈ 1 (flat) |")
+    if "scaling" in figs:
+        f = figs["scaling"]
+        if not f.get("ok"):
+            rows.append("| scaling | (failed or not available) | n/a | n/a | n/a | n/a |")
+        for name, w in f.get("workloads", {}).items():
+            for mode, runs in w["summary"].items():
+                if not runs:
+                    continue
+                last = runs[-1]
+                effs = ", ".join(f"{r['workers']}: {r.get('efficiency', float('nan')):.2f}"
+                                 for r in runs)
+                rows.append(
+                    f"| scaling, {name}, eval on {mode} (EMULATED workers: {w['train_ms']:.0f} "
+                    f"ms/request, {w['chunk_ms']:.0f} ms/test chunk) | efficiency "
+                    f"updates/s ÷ (W × updates/s at W = 1), for W = {effs}; at W = "
+                    f"{last['workers']}: rank 0 busy {100 * last['busy_fraction']:.0f} %, "
+                    f"{1e3 * last['serial_seconds_per_update']:.2f} ms serial per update, "
+                    f"ceiling {last.get('ceiling_efficiency', float('nan')):.2f} "
+                    f"| {last['updates_per_second']:.0f} upd/s at W = {last['workers']} "
+                    f"| {runs[0]['updates_per_second']:.1f} upd/s at W = 1 "
+                    f"| {last.get('efficiency', float('nan')):.2f} "
+                    f"| ≥ 0.85 at 32, ≥ 0.7 at 64 (eval on workers) |")
     note = (f"Medians of {reps} repetitions (min–max); ratio = median / median (min–max of "
             f"per-repetition ratios).")
     if "batched" in figs:
@@ -666,6 +725,10 @@ def table(figs: dict, reps: int, workload_desc: dict) -> str:
                  f"interleaved round(s) inside the process are its repetitions.")
     if "scale" in figs:
         note += " `scale` runs once (not repeated)."
+    if "scaling" in figs:
+        note += (" `scaling` runs once, with EMULATED workers (sleeps calibrated on real "
+                 "training here; the real server, transport and protocol): its figures are "
+                 "timing only, the runs' accuracies mean nothing.")
     if workload_desc:
         note += " Workloads: " + "; ".join(f"**{k}**: {v}" for k, v in workload_desc.items()) + "."
     lines = rows + ["", note]
@@ -675,8 +738,17 @@ def table(figs: dict, reps: int, workload_desc: dict) -> str:
 README_BEGIN, README_END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 
 
-def update_readme(path: Path, md: str, machine: dict, command: str) -> None:
-    """Replace the README's measured block (between the markers) with this run's table."""
+def _row_benchmark(row: str) -> str:
+    """The benchmark a table row belongs to ("| overhead, default job | ..." -> overhead)."""
+    return row.strip("| ").split("|")[0].split(",")[0].strip()
+
+
+def update_readme(path: Path, md: str, machine: dict, command: str,
+                  names: Sequence[str]) -> None:
+    """Replace the README's measured block (between the markers) with this run's table.
+
+    When only some benchmarks ran, the rows of the others stay, with their own header line.
+    """
     text = path.read_text()
     if README_BEGIN not in text or README_END not in text:
         raise SystemExit(f"{path}: no {README_BEGIN} ... {README_END} block to replace")
@@ -689,7 +761,23 @@ def update_readme(path: Path, md: str, machine: dict, command: str) -> None:
             f"{mpi}, Python {machine['python']}; "
             f"command `{command}`.")
     before, rest = text.split(README_BEGIN, 1)
-    after = rest.split(README_END, 1)[1]
+    old_block, after = rest.split(README_END, 1)
+    kept = [r for r in old_block.splitlines() if r.startswith("| ") and not r.startswith(
+        ("| benchmark |", "|---")) and _row_benchmark(r) not in names]
+    if kept:
+        old_heads = [ln for ln in old_block.splitlines() if ln.startswith(("Measured ",
+                                                                          "Other rows: "))]
+        others = sorted({_row_benchmark(r) for r in kept}, key=BENCHMARKS.index)
+        lines = md.splitlines()
+        table_end = max(i for i, ln in enumerate(lines) if ln.startswith("| "))
+        by_name = {n: [r for r in lines[2:table_end + 1] if _row_benchmark(r) == n]
+                   for n in BENCHMARKS}
+        for r in kept:
+            by_name.setdefault(_row_benchmark(r), []).append(r)
+        rows = lines[:2] + [r for n in BENCHMARKS for r in by_name.get(n, [])]
+        md = "\n".join(rows + lines[table_end + 1:])
+        old = " ".join(h.removeprefix("Other rows: ") for h in old_heads[:1])
+        head += f"\n\nOther rows: {', '.join(others)}; {old}"
     path.write_text(f"{before}{README_BEGIN}\n{head}\n\n{md}\n{README_END}{after}")
     print(f"README table updated: {path}")
 
@@ -709,7 +797,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=str(HERE / "results" / "latest.json"),
                     help="where to write the JSON record (default: %(default)s)")
     args = ap.parse_args(argv)
-    names = args.names or [n for n in BENCHMARKS if not (args.quick and n == "scale")]
+    names = args.names or [n for n in BENCHMARKS if not (args.quick and n in LONG)]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         ap.error(f"unknown benchmark(s) {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})")
@@ -762,6 +850,8 @@ def main(argv=None) -> int:
         figs["batched"] = fig_batched(samples)
     if "scale" in names:
         figs["scale"] = fig_scale(samples)
+    if "scaling" in names:
+        figs["scaling"] = fig_scaling(samples)
 
     machine["loadavg_end"] = list(os.getloadavg())
     if any(r.get("ok") for r in samples.get("waitany", [])):
@@ -786,7 +876,7 @@ def main(argv=None) -> int:
 
     md = table(figs, reps, desc)
     if args.readme:
-        update_readme(Path(args.readme), md, machine, record["invocation"]["command"])
+        update_readme(Path(args.readme), md, machine, record["invocation"]["command"], names)
     print()
     print(md)
     print(f"\n(elapsed {elapsed:.0f} s; load average {machine['loadavg_start'][0]:.2f} → "

@@ -139,18 +139,16 @@ def arrays_of(tree) -> list[np.ndarray]:
 
 
 class StateServer:
-    """What Checkpointer.save needs of a server: state_dict(), now, wall(), cfg.algorithm."""
+    """What Checkpointer.save needs of a server: state_dict(), clock (now, wall()),
+    cfg.algorithm."""
 
     def __init__(self, ckpt: dict):
         self.state = ckpt["state"]
-        self.now = float(ckpt["time"])
+        self.clock = types.SimpleNamespace(now=float(ckpt["time"]), wall=lambda: 0.0)
         self.cfg = types.SimpleNamespace(algorithm=types.SimpleNamespace(name="fedast"))
 
     def state_dict(self) -> dict:
         return self.state
-
-    def wall(self) -> float:
-        return 0.0
 
 
 def fsync_dir(folder: Path) -> None:

@@ -9,6 +9,8 @@ kernel launches: on a GPU, small models leave most of the device idle one at a t
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -58,7 +60,9 @@ def schedules(shards: list[np.ndarray], seeds: list[int], steps: int,
 def local_train_batch(fm: FlatModel, bases: list, x: torch.Tensor, y: torch.Tensor,
                       shards: list[np.ndarray], seeds: list[int], *, steps: int, batch_size: int,
                       lr: float, weight_decay: float,
-                      outs: list | None = None) -> list[tuple[np.ndarray, float, int]]:
+                      outs: list | None = None,
+                      on_step: Callable[[], None] | None = None
+                      ) -> list[tuple[np.ndarray, float, int]]:
     """local_train for G requests at once; returns [(delta, mean loss, n)] in input order.
 
     fm gives the architecture (its own parameters are left untouched); bases are the
@@ -105,6 +109,8 @@ def local_train_batch(fm: FlatModel, bases: list, x: torch.Tensor, y: torch.Tens
                             g = g.add(p, alpha=weight_decay)
                         p.add_(g, alpha=-lr)
                 total += losses.detach().to(torch.float64)
+                if on_step is not None:
+                    on_step()
         finally:
             module.train(was_training)
     stacked.sub_(start)

@@ -29,7 +29,7 @@ from fedast_mpi.schema import CHECKPOINT_SCHEMA
 CHECKPOINT_DIR = "checkpoints"
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: checkpointed on a signal; resume (or requeue) to continue
 HARMLESS = ("run.max_time", "run.log_every", "run.checkpoint.every_seconds",
-            "run.checkpoint.keep", "run.device", "run.out_dir", "run.name")
+            "run.checkpoint.keep", "run.device", "run.out_dir", "run.name", "run.evaluation")
 """Config keys a resume may change with --force: they alter no result already computed."""
 
 
@@ -91,12 +91,17 @@ class Checkpointer:
         self.saved: list[Path] = []
 
     def tick(self, server) -> None:
-        """Checkpoint when due; on a signal checkpoint and raise Interrupted."""
-        if self.signals is not None and self.signals.poll():
+        """Checkpoint when due; on a signal checkpoint and raise Interrupted.
+
+        A checkpoint holds confirmed state only: the server settles its speculation first
+        (which may roll it back: the checkpoint is then taken at a later tick).
+        """
+        stop = self.signals.poll() if self.signals is not None else None
+        if stop or time.monotonic() - self.last >= self.every:
+            server.settle()
             self.save(server)
-            raise Interrupted(f"interrupted by {self.signals.received}")
-        if time.monotonic() - self.last >= self.every:
-            self.save(server)
+            if stop:
+                raise Interrupted(f"interrupted by {stop}")
 
     def save(self, server) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)

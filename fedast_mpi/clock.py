@@ -43,3 +43,27 @@ class Clock:
         if self.real:  # the simulated clock continues where it stopped
             self.wall0 = time.time() - now * self.time_scale
         self.cpu0 = time.process_time() - cpu
+
+
+class Busy:
+    """Rank 0's busy seconds by category: the serial work that every update waits for.
+
+    Wall seconds spent in each timed step, less the time that step spent waiting in the
+    executor (`WaitClock`), so that waiting for workers never counts as work. What is not
+    timed (the event pump, the policies, the request book, the rows) is the rest of the
+    loop: `other` in `Server.finish`.
+    """
+
+    CATEGORIES = ("evaluate", "aggregate", "send", "flush", "checkpoint")
+
+    def __init__(self, wait) -> None:
+        self.wait = wait
+        self.seconds = dict.fromkeys(self.CATEGORIES, 0.0)
+
+    def timed(self, category: str, fn, *args):
+        """fn(*args), its busy time added to `category`."""
+        t0, w0 = time.perf_counter(), self.wait.wall
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[category] += time.perf_counter() - t0 - (self.wait.wall - w0)

@@ -275,6 +275,10 @@ class RunConfig(_Section):
     (16 for small models on a GPU, 1 on a CPU, where it doesn't pay), 1 = one at a time,
     N = groups of up to N. Groups are formed by rank 0, so results stay independent of
     the number of ranks; batched deltas equal one-at-a-time ones to float tolerance."""
+    evaluation: Literal["auto", "server", "workers"] = "auto"
+    """Where test-set evaluations run: `server` (rank 0), `workers` (split into chunks of
+    1024 test samples that the workers compute ahead of their training; needs -n >= 2), or
+    `auto` (workers when there are any). Results are bitwise the same either way."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoint schedule."""
     log_every: float = 2.0

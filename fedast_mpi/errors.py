@@ -29,6 +29,12 @@ class ProtocolError(FedastError):
     """A message on the wire that breaks the protocol (exit 1)."""
 
 
+class WorldSizeError(FedastError):
+    """An MPI world the job cannot run on, e.g. evaluation on workers without any (exit 2)."""
+
+    exit_code = 2
+
+
 class Interrupted(Exception):
     """A signal asked the run to checkpoint and stop; the message names the signal.
 

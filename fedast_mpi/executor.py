@@ -70,6 +70,25 @@ class Executor(Protocol):
         """Stop training; workers exit with `code`."""
 
 
+class Layer:
+    """Base of an executor in front of another (`inner`: the Grouper, the speculation's
+    Journal): the wait clock and the workers' compute time are the inner one's."""
+
+    inner: Executor
+
+    @property
+    def wait(self) -> WaitClock:
+        return self.inner.wait
+
+    @property
+    def compute_seconds(self) -> float:
+        return self.inner.compute_seconds
+
+    @compute_seconds.setter
+    def compute_seconds(self, value: float) -> None:
+        self.inner.compute_seconds = value
+
+
 class InProcessExecutor:
     """Runs requests on the server's own rank (world size 1).
 

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fedast_mpi.executor import Executor
+from fedast_mpi.executor import Executor, Layer
 from fedast_mpi.records import Update, Work
 
 AUTO_GPU_SIZE = 16
@@ -49,7 +49,7 @@ def group_sizes(batch_requests: int, device_type: str, models: list) -> list[int
             and batchable(fm.module) else 1 for fm in models]
 
 
-class Grouper:
+class Grouper(Layer):
     """An `Executor` in front of another: forms the groups, forwards everything else.
 
     The server always talks to one (with groups of 1 it only forwards, and keeps back
@@ -69,18 +69,6 @@ class Grouper:
         self.ready: dict[int, Update] = {}  # updates pulled in or restored, not yet consumed
 
     # -- what the server sees of its executor ------------------------------------------
-    @property
-    def wait(self):
-        return self.inner.wait
-
-    @property
-    def compute_seconds(self) -> float:
-        return self.inner.compute_seconds
-
-    @compute_seconds.setter
-    def compute_seconds(self, value: float) -> None:
-        self.inner.compute_seconds = value
-
     def submit(self, group: Sequence[Work]) -> None:
         """Queue each request into its task's pending group (sent at once when groups are off).
 

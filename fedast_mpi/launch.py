@@ -8,7 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from fedast_mpi.errors import ConfigError, FedastError
+from fedast_mpi.errors import ConfigError, FedastError, WorldSizeError
 
 
 def error_line(message: str) -> str:
@@ -52,6 +52,8 @@ def collective_phase(comm, fn):
         code, msg = 1, f"rank {comm.rank} on {socket.gethostname()}: {type(exc).__name__}: {exc}"
         if os.environ.get("FEDAST_DEBUG"):
             traceback.print_exc()
+    from fedast_mpi.transport import quiet_barrier
+    quiet_barrier(comm)  # ranks done early must not spin while others still load
     failures = [(c, m) for c, m in comm.allgather((code, msg)) if c]
     if not failures:
         return result, 0
@@ -104,7 +106,6 @@ def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
     from fedast_mpi import __version__
     from fedast_mpi.config import to_yaml
     from fedast_mpi.runlog import RunLog
-    from fedast_mpi.runner import TaskRunner
     from fedast_mpi.schema import RUN_FILE
 
     real = cfg.run.clock == "real"
@@ -112,8 +113,19 @@ def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
     signals = Signals().install()  # from now on a signal is recorded, acted on at a safe point
 
     def build_runner():
+        evaluation_on_workers(cfg, comm.size)  # a world it cannot run on: one line, no hang
+        from fedast_mpi import emulated
+        timings = emulated.from_environment()
+        if timings is not None:  # benchmarks: emulated workers around a real (CPU) server
+            if len(timings) != len(cfg.tasks):
+                raise ConfigError(f"{emulated.ENV}: calibration of {len(timings)} tasks for a "
+                                  f"config of {len(cfg.tasks)}")
+            if comm.rank:
+                os.nice(5)  # a sleeping emulated worker yields the core to the server
+                return emulated.EmulatedRunner(timings, cfg.run.seed)
+        from fedast_mpi.runner import TaskRunner
         configure_threads()
-        return TaskRunner(cfg, select_device(cfg.run.device, comm))
+        return TaskRunner(cfg, select_device("cpu" if timings else cfg.run.device, comm))
 
     def open_run_file():  # only once every rank has its data: a failed set-up leaves no file
         if comm.rank != 0:
@@ -144,12 +156,26 @@ def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
         return 1
 
 
-def task_models(cfg, runner):
+def evaluation_on_workers(cfg, world_size: int) -> bool:
+    """Whether evaluations run on the workers (`run.evaluation`); -n 1 evaluates in-process."""
+    mode = cfg.run.evaluation
+    if mode == "workers" and world_size == 1:
+        raise WorldSizeError("run.evaluation: 'workers' needs worker ranks (mpiexec -n 2 or "
+                             "more); 'auto' evaluates in-process with -n 1")
+    return mode == "workers" or (mode == "auto" and world_size > 1)
+
+
+def task_models(cfg, runner, executor, world_size: int):
     """What the server needs of the runner's models and data (`fedast_mpi.server.TaskModels`)."""
+    from fedast_mpi.evaluation import WorkerEvaluation
     from fedast_mpi.grouping import group_sizes
     from fedast_mpi.server import TaskModels
-    return TaskModels(initial=[runner.initial_model(i) for i in range(len(cfg.tasks))],
-                      evaluate=runner.evaluate, weight_mask=runner.weight_mask,
+    n_tasks = len(cfg.tasks)
+    evaluate = runner.evaluate
+    if evaluation_on_workers(cfg, world_size):
+        evaluate = WorkerEvaluation(executor, [runner.n_test(i) for i in range(n_tasks)])
+    return TaskModels(initial=[runner.initial_model(i) for i in range(n_tasks)],
+                      evaluate=evaluate, weight_mask=runner.weight_mask,
                       n_samples=runner.n_samples(),
                       group_sizes=group_sizes(cfg.run.batch_requests, runner.device.type,
                                               runner.models))
@@ -175,8 +201,10 @@ def serve(cfg, runner, log, comm, wall0: float, out_dir: Path, signals, resume) 
         from fedast_mpi.transport import ServerTransport
         executor = ServerTransport(comm, runner.n_params, arrival_order=cfg.run.clock == "real")
     progress = Progress(cfg.run.log_every)
-    server = Server(cfg, task_models(cfg, runner), executor, log, progress, wall0,
-                    fresh=resume is None)
+    models = task_models(cfg, runner, executor, comm.size)
+    speculate = os.environ.get("FEDAST_SPECULATE", "1") != "0"  # benchmarks: 0 waits instead
+    server = Server(cfg, models, executor, log, progress, wall0, fresh=resume is None,
+                    speculate=speculate)
     if resume is not None:
         server.load_state_dict(resume["state"])
         progress.resumed_at(server.tasks.n_processed)

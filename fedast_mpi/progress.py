@@ -48,7 +48,14 @@ class Progress:
         self._emit(" | ".join(parts), transient=True)
 
     def reached(self, server, task) -> None:
-        self._emit(f"t={server.clock.now:9.1f} | {task.name} reached {task.accuracy:.3f} "
+        self.emit(self.reached_line(server, task))
+
+    def emit(self, line: str) -> None:
+        self._emit(line)
+
+    @staticmethod
+    def reached_line(server, task) -> str:
+        return (f"t={server.clock.now:9.1f} | {task.name} reached {task.accuracy:.3f} "
                    f"(target {task.cfg.target_accuracy}) at version {task.version}")
 
     def final(self, server, status: str, reason: str, run_file: str) -> None:

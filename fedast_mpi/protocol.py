@@ -16,6 +16,13 @@ received straight into a landing slot of that task's pool (the FedAST buffer hol
 the slot: no copy). A worker that stops sends FINAL (its count of updates sent) so the
 server can drain; a worker that fails sends its error line on TAG_ERROR so that rank 0
 can mark the run file `failed` before it aborts the job.
+
+Evaluation (`run.evaluation: workers`): the server sends an EVAL header (32 bytes) on
+TAG_EVAL per test chunk a worker is to evaluate; the first header of an evaluation to a
+worker is followed by the model on TAG_EVAL_MODEL (evaluation models are named by their
+evaluation id, apart from the training models, which are named by (task, version)). A
+worker serves evaluation headers before its queued training, also between the steps of a
+training, and answers each chunk with EVAL_RESULT (float64 sums) on TAG_EVAL_RESULT.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ TAG_MODEL = 2
 TAG_FINAL = 3
 TAG_ERROR = 4
 ERROR_BYTES = 1024  # a failing worker's one-line message, utf-8, zero padded
+TAG_EVAL = 5
+TAG_EVAL_MODEL = 6
+TAG_EVAL_RESULT = 7
 TAG_UPDATE = 100  # + task index
 
 # Control kinds (server -> worker).
@@ -50,13 +60,33 @@ UPDATE_DTYPE = np.dtype([
 HEADER_BYTES = UPDATE_DTYPE.itemsize
 assert HEADER_BYTES == 32
 
-FINAL_DTYPE = np.dtype([("worker", "<i4"), ("pad", "<i4"), ("sent", "<i8")])
+FINAL_DTYPE = np.dtype([("worker", "<i4"), ("evals", "<i4"), ("sent", "<i8")])
+"""A stopping worker's counts: updates (`sent`) and evaluation chunks (`evals`) it sent."""
+
+EVAL_DTYPE = np.dtype([
+    ("eval", "<i8"), ("n_params", "<i8"), ("task", "<i4"), ("chunk", "<i4"),
+    ("chunks_here", "<i4"), ("model_follows", "<i4"),
+])
+"""One test chunk to evaluate: `chunks_here` of evaluation `eval` go to this worker (it keeps
+the model until it has done them all); `model_follows` when the model comes next."""
+assert EVAL_DTYPE.itemsize == 32
+
+EVAL_RESULT_DTYPE = np.dtype([
+    ("eval", "<i8"), ("correct", "<f8"), ("loss", "<f8"), ("compute", "<f8"),
+    ("task", "<i4"), ("chunk", "<i4"), ("worker", "<i4"), ("pad", "<i4"),
+])
+"""A chunk's float64 sums (correct predictions, cross-entropy) and its compute seconds."""
+assert EVAL_RESULT_DTYPE.itemsize == 48
 
 
 def ctrl(kind: int, **fields) -> np.ndarray:
     """A one-element CTRL header with the given fields (others zero)."""
-    msg = np.zeros(1, CTRL_DTYPE)
-    msg["kind"] = kind
+    return record(CTRL_DTYPE, kind=kind, **fields)
+
+
+def record(dtype: np.dtype, **fields) -> np.ndarray:
+    """A one-element message of `dtype` with the given fields (others zero)."""
+    msg = np.zeros(1, dtype)
     for name, value in fields.items():
         msg[name] = value
     return msg

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fedast_mpi.speculation import Rollback
+
 if TYPE_CHECKING:
     from fedast_mpi.server import Server
 
@@ -22,8 +24,23 @@ MAX_TIME = "max_time"
 
 def run_virtual(server: "Server") -> str:
     """Simulated time: jump to the next finish time, hand its updates over; returns why it
-    stopped."""
+    stopped. With speculation (fedast_mpi.speculation), a rollback restarts from its snapshot
+    and the end waits until every evaluation is confirmed."""
+    spec = server.speculation
+    while True:
+        try:
+            reason = _virtual(server)
+            if spec is not None:
+                spec.settle()
+            return reason
+        except Rollback:
+            assert spec is not None
+            spec.rollback()
+
+
+def _virtual(server: "Server") -> str:
     book, tasks, policy, clock = server.book, server.tasks, server.policy, server.clock
+    spec = server.speculation
     max_time = server.cfg.run.max_time
     while True:
         if tasks.all_finished():
@@ -42,6 +59,8 @@ def run_virtual(server: "Server") -> str:
             else:
                 policy.on_update(req, server.executor.wait_for(req.id))
         policy.after_batch()
+        if spec is not None:
+            spec.after_batch()
         server.tick()
 
 

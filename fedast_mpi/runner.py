@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -10,7 +13,8 @@ from fedast_mpi.data import TaskData, load_task_data
 from fedast_mpi.models import build_model
 from fedast_mpi.params import FlatModel
 from fedast_mpi.batched import batchable, local_train_batch
-from fedast_mpi.training import evaluate, local_train
+from fedast_mpi.evaluation import EVAL_BATCH, n_chunks
+from fedast_mpi.training import evaluate, evaluate_chunk, local_train
 
 
 class TaskRunner:
@@ -38,6 +42,9 @@ class TaskRunner:
             self.data.append(data)
             self.models.append(FlatModel(module))
         self.batchable = [batchable(fm.module) for fm in self.models]
+        self.on_step: Callable[[], None] | None = None
+        """Called between local SGD steps (a worker serves evaluation chunks there)."""
+        self._eval_models: dict[int, FlatModel] = {}
 
     @property
     def n_params(self) -> list[int]:
@@ -61,7 +68,8 @@ class TaskRunner:
         return local_train(self.models[task], model, data.train_x, data.train_y,
                            data.shards[client], steps=cfg.local_steps,
                            batch_size=cfg.batch_size, lr=cfg.local_lr,
-                           weight_decay=cfg.weight_decay, seed=seed, out=out)
+                           weight_decay=cfg.weight_decay, seed=seed, out=out,
+                           on_step=self.on_step)
 
     def train_group(self, task: int, items: list[tuple[int, np.ndarray, int]],
                     outs: list | None = None) -> list[tuple[np.ndarray, float, int]]:
@@ -79,12 +87,29 @@ class TaskRunner:
                                  data.train_y, [data.shards[c] for c, _, _ in items],
                                  [s for _, _, s in items], steps=cfg.local_steps,
                                  batch_size=cfg.batch_size, lr=cfg.local_lr,
-                                 weight_decay=cfg.weight_decay, outs=outs)
+                                 weight_decay=cfg.weight_decay, outs=outs,
+                                 on_step=self.on_step)
 
     def evaluate(self, task: int, model: np.ndarray) -> tuple[float, float]:
         """(accuracy, mean loss) of `model` on the task's test set."""
         data = self.data[task]
         return evaluate(self.models[task], model, data.test_x, data.test_y)
+
+    def eval_chunks(self, task: int) -> int:
+        """Chunks of the task's test set (`training.EVAL_BATCH` samples each)."""
+        return n_chunks(len(self.data[task].test_y), EVAL_BATCH)
+
+    def n_test(self, task: int) -> int:
+        return len(self.data[task].test_y)
+
+    def evaluate_chunk(self, task: int, model, chunk: int) -> tuple[float, float]:
+        """(correct, summed loss) of one test chunk, on a copy of the task's module: a
+        worker may evaluate between the steps of a training that holds the original."""
+        fm = self._eval_models.get(task)
+        if fm is None:
+            fm = self._eval_models[task] = FlatModel(copy.deepcopy(self.models[task].module))
+        data = self.data[task]
+        return evaluate_chunk(fm, model, data.test_x, data.test_y, chunk)
 
     def weight_mask(self, task: int) -> np.ndarray:
         """True for the flat coordinates of non-bias parameters (the code variant's estimate)."""

@@ -17,7 +17,9 @@ through `send` (book, version hold, executor).
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -25,13 +27,15 @@ import numpy as np
 
 from fedast_mpi import pump, registry, seeding
 from fedast_mpi.clients import ClientPool, DelayModel, assign_tiers
-from fedast_mpi.clock import Clock
+from fedast_mpi.evaluation import WorkerEvaluation
+from fedast_mpi.clock import Busy, Clock
 from fedast_mpi.book import RequestBook
 from fedast_mpi.executor import Executor
 from fedast_mpi.grouping import Grouper
 from fedast_mpi.progress import Progress
 from fedast_mpi.recorder import Recorder, RunSink
 from fedast_mpi.records import Request, Work, pack_updates, unpack_updates
+from fedast_mpi.speculation import HeldSink, Journal, Speculation
 from fedast_mpi.tasks import Evaluate, Tasks, TaskState
 
 if TYPE_CHECKING:
@@ -62,7 +66,7 @@ class Server:
 
     def __init__(self, cfg, models: TaskModels, executor: Executor, sink: RunSink,
                  progress: Progress | None = None, wall0: float | None = None,
-                 fresh: bool = True) -> None:
+                 fresh: bool = True, speculate: bool = True) -> None:
         self.cfg = cfg
         self.spec = registry.get(cfg.algorithm.name)
         self.models = models
@@ -81,8 +85,19 @@ class Server:
                   for t in cfg.tasks]
         self.clients = ClientPool(tier, mult, delays, seed, cfg.clients.available)
         self.book = RequestBook(seed, self.clients, len(cfg.tasks), real)
-        self.tasks = Tasks(cfg.tasks, models.initial, self.recorder, models.evaluate,
-                           self.executor.free)
+        self.speculation: Speculation | None = None
+        evaluate = models.evaluate
+        if (speculate and not real and isinstance(evaluate, WorkerEvaluation)
+                and all(g <= 1 for g in self.group_sizes)):
+            self.speculation = Speculation(self, evaluate)
+            self.executor = Journal(self.executor, self.speculation)  # type: ignore[assignment]
+            self.recorder = Recorder(HeldSink(sink, self.speculation), self.clock)
+            evaluate = self.speculation.evaluate
+        self.busy = Busy(self.executor.wait)
+        self.loop_seconds = 0.0
+        self._loop_start: float | None = None
+        self.tasks = Tasks(cfg.tasks, models.initial, self.recorder, evaluate,
+                           self.executor.free, self.busy)
         # the random streams policies draw from: the same for every algorithm of a seed
         self.select_rng = seeding.generator(seed, seeding.SELECT)
         self.handover_rng = seeding.generator(seed, seeding.HANDOVER)
@@ -102,21 +117,38 @@ class Server:
 
         Raises Interrupted after a checkpoint when a signal asked the run to stop.
         """
-        if self.resumed:
-            self.resubmit()
-        else:
-            self.policy.start()
-        reason = pump.run_real(self) if self.clock.real else pump.run_virtual(self)
+        self._loop_start = time.perf_counter()
+        try:
+            if self.resumed:
+                self.resubmit()
+            else:
+                self.policy.start()
+            if self.speculation is not None:
+                self.speculation.start()
+            reason = pump.run_real(self) if self.clock.real else pump.run_virtual(self)
+        finally:
+            self.loop_seconds = self.looped()
+            self._loop_start = None
         return "completed", reason
+
+    def looped(self) -> float:
+        """Wall seconds in the server loop so far (over resumes too)."""
+        start = self._loop_start
+        return self.loop_seconds + (0.0 if start is None else time.perf_counter() - start)
 
     def tick(self) -> None:
         """Between batches (a consistent state): progress, flush, checkpoint or stop."""
         self.progress.maybe_print(self)
-        self.sink.maybe_flush()
+        self.busy.timed("flush", self.sink.maybe_flush)
         if self.checkpointer is not None:
-            self.checkpointer.tick(self)
+            self.busy.timed("checkpoint", self.checkpointer.tick, self)
 
     # -- steps the policies use ------------------------------------------------------------
+    def settle(self) -> None:
+        """Wait until no evaluation is unconfirmed (speculation; may raise Rollback)."""
+        if self.speculation is not None:
+            self.speculation.settle()
+
     def draw_client(self) -> int:
         """A client drawn uniformly (the SELECT stream)."""
         return int(self.select_rng.integers(self.clients.count))
@@ -127,12 +159,17 @@ class Server:
         self.book.add(req)
         t.hold(req.base_version)
         release = self.clock.release_wall(req.finish_time) if self.clock.real else 0.0
-        self.executor.submit([Work(req, t.versions[req.base_version], release)])
+        self.busy.timed("send", self.executor.submit,
+                        [Work(req, t.versions[req.base_version], release)])
 
     def retire_task(self, t: TaskState) -> None:
         """t reached its target now: marked, its requests cancelled, the executor told."""
         self.tasks.finish(t, self.clock.now)
-        self.progress.reached(self, t)
+        line = self.progress.reached_line(self, t)
+        if self.speculation is not None:
+            self.speculation.effect(self.progress.emit, line)
+        else:
+            self.progress.emit(line)
         for req in self.book.cancel_task(t.index):
             if not self.clock.real:
                 self.executor.discard(req.id)
@@ -151,7 +188,8 @@ class Server:
         return {"now": self.clock.now, "wall": self.clock.wall(), "cpu": self.clock.cpu(),
                 "n_processed": self.tasks.n_processed,
                 "compute_seconds": self.executor.compute_seconds,
-                "wait_wall": wait.wall, "wait_cpu": wait.cpu,
+                "wait_wall": wait.wall, "wait_cpu": wait.cpu, "loop_seconds": self.looped(),
+                "busy": json.dumps(self.busy.seconds),
                 "select_rng": seeding.rng_state(self.select_rng),
                 "handover_rng": seeding.rng_state(self.handover_rng),
                 "clients": self.clients.state_dict(), **self.book.state_dict(),
@@ -162,21 +200,30 @@ class Server:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a checkpoint; `run()` then resubmits the outstanding requests."""
+        self.restore_decisions(state)
         self.clock.restore(float(state["now"]), float(state["wall"]), float(state["cpu"]))
-        self.tasks.n_processed = int(state["n_processed"])
         self.executor.compute_seconds = float(state["compute_seconds"])
         self.executor.wait.wall, self.executor.wait.cpu = state["wait_wall"], state["wait_cpu"]
+        if "busy" in state:  # (measurements: older checkpoints lack them)
+            self.loop_seconds = float(state["loop_seconds"])
+            self.busy.seconds.update(json.loads(state["busy"]))
+        if "ready" in state:
+            self.executor.preload([u for task, e in state["ready"].items()
+                                   for u in unpack_updates(int(task), e["meta"], e["deltas"])])
+        self.resumed = True
+
+    def restore_decisions(self, state: dict) -> None:
+        """Back to a snapshot's decisions (a speculation's rollback): simulated time, tasks,
+        requests, clients, random streams and the policy; measurements go on."""
+        self.clock.now = float(state["now"])
+        self.tasks.n_processed = int(state["n_processed"])
         seeding.set_rng_state(self.select_rng, state["select_rng"])
         seeding.set_rng_state(self.handover_rng, state["handover_rng"])
         self.clients.load_state_dict(state["clients"])
         self.book.load_state_dict(state)
         for t, ts in zip(self.tasks, state["tasks"]):
             t.load_state_dict(ts)
-        if "ready" in state:
-            self.executor.preload([u for task, e in state["ready"].items()
-                                   for u in unpack_updates(int(task), e["meta"], e["deltas"])])
         self.policy.load_state_dict(state)
-        self.resumed = True
 
     def resubmit(self) -> None:
         """After a resume: the (maybe different) workers get every outstanding request again."""
@@ -192,6 +239,15 @@ class Server:
         for t in self.tasks if final_models else ():
             self.sink.final_model(t.index, t.model)
         wait = self.executor.wait
+        busy = {f"server_busy_{k}_seconds": v for k, v in self.busy.seconds.items()}
+        busy["server_busy_other_seconds"] = (self.loop_seconds - wait.wall
+                                             - sum(self.busy.seconds.values()))
+        self.sink.set_attrs(**busy)
+        if self.speculation is not None:
+            spec = self.speculation
+            self.sink.set_attrs(speculation_rollbacks=spec.rollbacks,
+                                speculation_snapshots=spec.snapshots,
+                                speculation_waits=spec.waits)
         self.sink.set_attrs(updates_processed=self.tasks.n_processed,
                             requests_dispatched=self.book.next_id,
                             requests_dropped=self.book.n_dropped, final_time=self.clock.now,

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from fedast_mpi.aggregation import server_step
+from fedast_mpi.clock import Busy
 from fedast_mpi.errors import FedastError
 from fedast_mpi.recorder import Recorder
 from fedast_mpi.records import Request, Update, pack_updates, unpack_updates
@@ -94,9 +95,10 @@ class Tasks:
     """Every task of the run, and the mechanics the policies call on them."""
 
     def __init__(self, cfgs: Sequence, models: Sequence[np.ndarray], recorder: Recorder,
-                 evaluate: Evaluate, free: Callable[[Update], None]) -> None:
+                 evaluate: Evaluate, free: Callable[[Update], None], busy: Busy) -> None:
         self.states = [TaskState(i, c, m) for i, (c, m) in enumerate(zip(cfgs, models))]
         self.recorder = recorder
+        self.busy = busy
         self._evaluate = evaluate
         self._free = free
         self.n_processed = 0
@@ -144,7 +146,7 @@ class Tasks:
         deltas = [u.delta for u in t.buffer]
         if weights is not None:
             deltas = [np.float32(w) * d for w, d in zip(weights, deltas)]
-        t.advance(server_step(t.model, deltas, t.cfg.global_lr))
+        t.advance(self.busy.timed("aggregate", server_step, t.model, deltas, t.cfg.global_lr))
         self.recorder.aggregation(t.index, t.version, t.staleness)
         for u in t.buffer:
             self._free(u)
@@ -153,8 +155,9 @@ class Tasks:
 
     def evaluate(self, t: TaskState) -> bool:
         """Evaluate the current model; True when it reaches the target of an unfinished task."""
-        acc, loss = self._evaluate(t.index, t.model)
-        t.accuracy = acc
+        acc, loss = self.busy.timed("evaluate", self._evaluate, t.index, t.model)
+        if not math.isnan(acc):  # NaN: computed on the workers, result to come (speculation)
+            t.accuracy = acc
         self.recorder.eval(t.index, t.version, t.updates, acc, loss)
         return acc >= t.cfg.target_accuracy and not t.finished
 

@@ -1,9 +1,12 @@
 """Local SGD on one client shard (PAPER.md §1.2, §6.3) and evaluation of a flat model."""
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedast_mpi.evaluation import EVAL_BATCH, combine, n_chunks
 from fedast_mpi.params import FlatModel
 
 
@@ -30,13 +33,16 @@ def batch_indices(n: int, steps: int, batch_size: int,
 
 def local_train(fm: FlatModel, base: np.ndarray, x: torch.Tensor, y: torch.Tensor,
                 shard: np.ndarray, *, steps: int, batch_size: int, lr: float, weight_decay: float,
-                seed: int, out: np.ndarray | None = None) -> tuple[np.ndarray, float, int]:
+                seed: int, out: np.ndarray | None = None,
+                on_step: Callable[[], None] | None = None) -> tuple[np.ndarray, float, int]:
     """Run `steps` plain SGD steps from `base` on x[shard], y[shard]; return (delta, mean loss, n).
 
     delta = trained - base (new float32 CPU array), mean loss = mean over steps of the mean
     batch cross-entropy, n = len(shard). Update: p <- p - lr * (grad + weight_decay * p),
     per parameter, as torch.optim.SGD without momentum. The batch schedule comes only from
     `seed`, so the result is bit-for-bit reproducible; x, y and fm may live on any device.
+    `on_step`, when given, is called after every step (a worker serves evaluations there:
+    anything it does must leave fm, x and y alone).
     """
     fm.load(base)
     start = fm.flat.detach().clone()
@@ -62,6 +68,8 @@ def local_train(fm: FlatModel, base: np.ndarray, x: torch.Tensor, y: torch.Tenso
                 g = p.grad.add(p, alpha=weight_decay) if weight_decay != 0 else p.grad
                 p.add_(g, alpha=-lr)
         total += loss.detach().to(torch.float64)
+        if on_step is not None:
+            on_step()
     for p in fm.params:
         p.grad = None
     module.train(was_training)
@@ -81,11 +89,38 @@ def write_delta(delta: torch.Tensor, out: np.ndarray | None) -> np.ndarray:
     return out
 
 
+def _chunk_sums(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int,
+                batch_size: int) -> tuple[float, float]:
+    s = chunk * batch_size
+    logits = module(x[s:s + batch_size])
+    yb = y[s:s + batch_size]
+    loss = F.cross_entropy(logits, yb, reduction="none").to(torch.float64).sum()
+    correct = (logits.argmax(dim=1) == yb).sum().to(torch.float64)
+    return correct.item(), loss.item()
+
+
+def evaluate_chunk(fm: FlatModel, vec: np.ndarray, x: torch.Tensor, y: torch.Tensor, chunk: int,
+                   batch_size: int = EVAL_BATCH) -> tuple[float, float]:
+    """(correct predictions, summed cross-entropy) of `vec` on test batch `chunk`, as float64.
+
+    Eval mode, no grad. `combine` of every chunk in order is exactly `evaluate`.
+    """
+    fm.load(vec)
+    module = fm.module
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        sums = _chunk_sums(module, x, y, chunk, batch_size)
+    module.train(was_training)
+    return sums
+
+
 def evaluate(fm: FlatModel, vec: np.ndarray, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 1024) -> tuple[float, float]:
+             batch_size: int = EVAL_BATCH) -> tuple[float, float]:
     """Load vec and return (accuracy, mean per-sample cross-entropy) over all of x, y.
 
-    Eval mode, no grad; per-batch sums are accumulated in float64.
+    Eval mode, no grad; per-batch sums are accumulated in float64, batch after batch (the
+    order that makes a chunked evaluation on workers give the same bits).
     """
     n = len(y)
     if n == 0:
@@ -94,13 +129,7 @@ def evaluate(fm: FlatModel, vec: np.ndarray, x: torch.Tensor, y: torch.Tensor,
     module = fm.module
     was_training = module.training
     module.eval()
-    correct = torch.zeros((), dtype=torch.float64, device=fm.flat.device)
-    loss = torch.zeros((), dtype=torch.float64, device=fm.flat.device)
     with torch.no_grad():
-        for s in range(0, n, batch_size):
-            logits = module(x[s:s + batch_size])
-            yb = y[s:s + batch_size]
-            loss += F.cross_entropy(logits, yb, reduction="none").to(torch.float64).sum()
-            correct += (logits.argmax(dim=1) == yb).sum().to(torch.float64)
+        sums = [_chunk_sums(module, x, y, c, batch_size) for c in range(n_chunks(n, batch_size))]
     module.train(was_training)
-    return correct.item() / n, loss.item() / n
+    return combine(sums, n)

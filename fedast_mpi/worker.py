@@ -40,14 +40,19 @@ class Worker:
         self.exit_code = 0
         self.trained = 0
         self.fail_after = injected_fault(self.rank)
+        self.eval_models: dict[int, list] = {}  # evaluation id -> [model, chunks still to do]
+        # test hook: FEDAST_EVAL_DELAY=SECONDS answers every evaluation chunk that much later
+        self.eval_delay = float(os.environ.get("FEDAST_EVAL_DELAY", "0") or 0)
+        runner.on_step = self.serve_evals  # evaluations go ahead, also mid-training
 
     def run(self) -> int:
         """Serve requests until the server's STOP; returns the exit code it carried."""
-        backoff = Backoff()
+        backoff = Backoff(cap=getattr(self.runner, "idle_poll", 2e-3))
         while True:
             got = self.drain()
             if self.stopping:
                 break
+            got = self.serve_evals() or got
             sent = self.send_due()
             if self.queue:
                 self.train_next()
@@ -95,6 +100,33 @@ class Worker:
             else:
                 raise ProtocolError(f"worker {self.rank}: unknown control kind {kind}")
         return got
+
+    def serve_evals(self) -> bool:
+        """Evaluate every test chunk the server has asked for so far; True if there was one."""
+        served = False
+        while (msg := self.transport.poll_eval()) is not None:
+            served = True
+            eval_id, task = int(msg["eval"]), int(msg["task"])
+            if msg["model_follows"]:
+                model = self.runner.resident(
+                    self.transport.recv_model(int(msg["n_params"]), P.TAG_EVAL_MODEL))
+                self.eval_models[eval_id] = [model, int(msg["chunks_here"])]
+            entry = self.eval_models.get(eval_id)
+            if entry is None:
+                raise ProtocolError(f"worker {self.rank}: evaluation {eval_id} chunk "
+                                    f"{int(msg['chunk'])} without its model")
+            start = time.perf_counter()
+            if self.eval_delay:
+                time.sleep(self.eval_delay)
+            correct, loss = self.runner.evaluate_chunk(task, entry[0], int(msg["chunk"]))
+            self.transport.send_eval_result(P.record(
+                P.EVAL_RESULT_DTYPE, eval=eval_id, correct=correct, loss=loss,
+                compute=time.perf_counter() - start, task=task, chunk=int(msg["chunk"]),
+                worker=self.rank))
+            entry[1] -= 1
+            if not entry[1]:
+                del self.eval_models[eval_id]
+        return served
 
     def enqueue(self, msg) -> None:
         """Queue a request, or collect it into the group it arrives with (trained as one)."""

@@ -14,6 +14,14 @@ import pytest
 BIN = Path(sys.executable).parent
 MPIEXEC = str(BIN / "mpiexec")
 
+# Float bits depend on the CPU's vector instructions (torch's own kernels, oneDNN, MKL): the
+# tests pin all three to AVX2 (before torch is imported, here and in every launched rank) so
+# that results pinned by digest are the same on AVX2 and AVX-512 machines.
+ISA_PINS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+for _key, _value in ISA_PINS.items():
+    os.environ.setdefault(_key, _value)
+
 
 @dataclass
 class Launch:

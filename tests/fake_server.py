@@ -15,6 +15,7 @@ import numpy as np
 
 from fedast_mpi import schema
 from fedast_mpi.config import config_from_dict
+from fedast_mpi.evaluation import WorkerEvaluation
 from fedast_mpi.executor import WaitClock
 from fedast_mpi.recorder import MemorySink
 from fedast_mpi.records import Request, Update, Work
@@ -106,17 +107,52 @@ class OrderedSink(MemorySink):
         self.order.append(("allocation", row))
 
 
-class Harness:
-    """A built server over fake parts; `accuracy[m](version)` scripts task m's evaluations."""
+class SlowChunks:
+    """The transport's side of evaluations on workers, whose results come `delay` polls late:
+    with it the server speculates (fedast_mpi.speculation) and rolls back."""
 
-    def __init__(self, cfg, accuracy: dict[int, Callable[[int], float]] | None = None) -> None:
+    def __init__(self, harness: "Harness", delay: int) -> None:
+        self.harness = harness
+        self.delay = delay
+        self.results: dict[int, list] = {}  # eval id -> [polls left, chunk sums]
+        self.forgotten: list[int] = []
+
+    def evaluate(self, eval_id, task, model, chunks) -> None:
+        acc, loss = self.harness.evaluate(task, model)
+        self.results[eval_id] = [self.delay, [(acc, loss)]]  # one chunk, one test sample
+
+    def eval_done(self, eval_id, chunks) -> bool:
+        entry = self.results[eval_id]
+        entry[0] -= 1
+        return entry[0] < 0
+
+    def wait_eval(self, eval_id, chunks):
+        return self.results.pop(eval_id)[1]
+
+    def forget_eval(self, eval_id) -> None:
+        self.forgotten.append(eval_id)
+        self.results.pop(eval_id, None)
+
+
+class Harness:
+    """A built server over fake parts; `accuracy[m](version)` scripts task m's evaluations.
+
+    `eval_delay` (polls) evaluates "on workers" through `SlowChunks`: the server speculates.
+    """
+
+    def __init__(self, cfg, accuracy: dict[int, Callable[[int], float]] | None = None,
+                 eval_delay: int | None = None) -> None:
         self.cfg = cfg
         self.accuracy = accuracy or {}
         self.sink = OrderedSink()
         self.executor = FakeExecutor()
         m = len(cfg.tasks)
+        evaluate: Callable = self.evaluate
+        if eval_delay is not None:
+            self.chunks = SlowChunks(self, eval_delay)
+            evaluate = WorkerEvaluation(self.chunks, [1] * m)
         models = TaskModels(initial=[np.zeros(D, np.float32) for _ in range(m)],
-                            evaluate=self.evaluate,
+                            evaluate=evaluate,
                             weight_mask=lambda i: np.ones(D, bool),
                             n_samples=np.full((cfg.clients.count, m), 10, np.int32),
                             group_sizes=[1] * m)
@@ -132,7 +168,7 @@ class Harness:
         self.server.book.new = record_new  # every request made, sent or not
 
     def evaluate(self, task: int, model: np.ndarray) -> tuple[float, float]:
-        version = self.server.tasks[task].version
+        version = next(v for v, m in self.server.tasks[task].versions.items() if m is model)
         return float(self.accuracy.get(task, lambda v: 0.0)(version)), 1.0
 
     def run(self, after_batch: Callable[[Server], None] | None = None) -> str:

@@ -101,7 +101,8 @@ def test_io_cost_script(tmp_path):
                                                  "1": np.zeros(100, np.float32)},
                                     "buffer": np.ones((2, 100), np.float32), "version": 1}],
              "rng": "state", "n": 7}
-    server = types.SimpleNamespace(state_dict=lambda: state, now=3.0, wall=lambda: 1.0,
+    server = types.SimpleNamespace(state_dict=lambda: state,
+                                   clock=types.SimpleNamespace(now=3.0, wall=lambda: 1.0),
                                    cfg=types.SimpleNamespace(
                                        algorithm=types.SimpleNamespace(name="fedast")))
     Checkpointer(run_dir, "x: 1", log, 1e9, 2).save(server)

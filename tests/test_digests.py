@@ -93,11 +93,21 @@ def test_default_job(default_runs, n):
 
 
 @pytest.mark.launch
-@pytest.mark.parametrize("n", [2, 3])
-@pytest.mark.parametrize("name,args", [
-    ("compare-dynamic", ["--algorithms", "fedast", "--set", "algorithm.allocation=dynamic",
-                         "--set", "run.max_time=300"]),
-    ("compare-sync-ucb", ["--algorithms", "sync-ucb", "--set", "run.max_time=600"]),
+def test_default_job_evaluated_by_the_server(tmp_path):
+    """The default runs above evaluate on their workers (`auto`); rank 0 gives the same bits."""
+    res = launch(3, "run", "--out", str(tmp_path), "--set", "run.log_every=0",
+                 "--set", "run.evaluation=server")
+    assert res.rc == 0, res.stderr[-2000:]
+    check("default", tmp_path)
+
+
+# One rank count each (the goldens were the same at -n 2 and -n 3; rank-count independence has its
+# own tests in test_launch.py), to keep the suite short.
+@pytest.mark.launch
+@pytest.mark.parametrize("n,name,args", [
+    (2, "compare-dynamic", ["--algorithms", "fedast", "--set", "algorithm.allocation=dynamic",
+                            "--set", "run.max_time=300"]),
+    (3, "compare-sync-ucb", ["--algorithms", "sync-ucb", "--set", "run.max_time=600"]),
 ])
 def test_compare_embedded(tmp_path, n, name, args):
     res = launch(n, "compare", COMPARE, *args, "--out", str(tmp_path))
@@ -109,9 +119,8 @@ def test_compare_embedded(tmp_path, n, name, args):
 @pytest.mark.launch
 @pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason=f"real Fashion-MNIST not installed in "
                     f"{FMNIST_DIR} (apt-get install dataset-fashion-mnist)")
-@pytest.mark.parametrize("n", [2, 3])
-def test_fmnist_paper_config_on_the_real_files(tmp_path, n):
-    res = launch(n, "run", FMNIST_CONFIG, "--out", str(tmp_path / "run"),
+def test_fmnist_paper_config_on_the_real_files(tmp_path):
+    res = launch(3, "run", FMNIST_CONFIG, "--out", str(tmp_path / "run"),
                  "--set", "run.max_time=20", "--set", f"tasks.0.data_dir={FMNIST_DIR}",
                  "--set", f"tasks.1.data_dir={FMNIST_DIR}", "--set", "run.log_every=0",
                  "--set", "run.device=cpu")

@@ -98,3 +98,22 @@ def test_sigkill_mid_write_never_leaves_a_bad_checkpoint(default_runs, tmp_path)
     assert res.rc == 0, res.stderr
     assert not list((out / CHECKPOINT_DIR).glob("*.tmp"))
     assert_same_run(default_runs[1][0], out)
+
+
+def test_late_evaluations_speculation_rollbacks_and_resume(default_runs, tmp_path):
+    """Evaluation results come 50 ms late: rank 0 speculates past them and rolls back at the
+    completions, checkpoints only confirmed states, and every run ends as the plain one."""
+    late = {"FEDAST_EVAL_DELAY": "0.05"}
+    full = tmp_path / "full"
+    res = launch(3, "run", "--out", str(full), "--set", "run.log_every=0", env=late)
+    assert res.rc == 0, res.stderr
+    assert_same_run(default_runs[1][0], full)
+    with h5py.File(full / "run.h5", "r") as f:
+        assert f.attrs["speculation_rollbacks"] >= 1
+    out = tmp_path / "run"
+    res = launch(3, "run", "--out", str(out), "--set", "run.log_every=0",
+                 env={**late, "FEDAST_INTERRUPT_AFTER": "300"})
+    assert res.rc == 75, res.stderr
+    res = launch(2, "resume", str(out), env=late)
+    assert res.rc == 0, res.stderr
+    assert_same_run(default_runs[1][0], out)

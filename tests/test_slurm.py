@@ -216,9 +216,11 @@ def test_default_job_completes(slurm_cluster, tmp_path, template, shape):
 
 
 # A long run of the default job: no task can reach accuracy 1.0, so it stops at max_time.
-# About 75 s of wall time alone with -n 3 on a 2-core machine (80 simulated units/s), more than
-# twice that next to the reference run: longer than the 25-45 s before the signal.
-LONG = ["--set", "run.max_time=6000", "--set", "tasks.0.target_accuracy=1.0",
+# 3000 simulated units: about 40 s of wall time alone with -n 3 on a fast 2-core machine
+# (80 units/s), twice that next to the reference run, so longer than the 25-45 s before the
+# signal; about 4 min each on a slow one (13 units/s next to the reference run), inside
+# wait_job's 600 s.
+LONG = ["--set", "run.max_time=3000", "--set", "tasks.0.target_accuracy=1.0",
         "--set", "tasks.1.target_accuracy=1.0", "--set", "tasks.2.target_accuracy=1.0",
         "--set", "run.checkpoint.every_seconds=20", "--set", "run.log_every=10"]
 

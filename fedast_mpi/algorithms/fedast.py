@@ -39,6 +39,8 @@ class FedAST(Policy):
         return {} if self.realloc is None else {"realloc": self.realloc.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        self.to_dispatch = []  # (a batch boundary: also after a rollback mid-batch)
+        self.reserved = [0] * len(self.tasks)
         if self.realloc is not None:
             self.realloc.load_state_dict(state["realloc"])
 

@@ -32,17 +32,27 @@ class EchoRunner:
     def resident(model):
         return model
 
-    def __init__(self, sleep: float = 0.0):
+    def __init__(self, sleep: float = 0.0, steps: int = 1):
         self.sleep = sleep
+        self.steps = steps
         self.groups: list[list[int]] = []  # seeds of every group trained, in order
+        self.on_step = None
 
     def train_group(self, task, items, outs):
-        if self.sleep:
-            time.sleep(self.sleep)
+        for _ in range(self.steps):  # like local SGD: the worker may evaluate between steps
+            if self.sleep:
+                time.sleep(self.sleep / self.steps)
+            if self.on_step is not None:
+                self.on_step()
         self.groups.append([seed for _, _, seed in items])
         for (_client, model, seed), out in zip(items, outs):
             out[:] = model + np.float32(seed % 1000)
         return [(out, float(client), task + 1) for (client, _, _), out in zip(items, outs)]
+
+    @staticmethod
+    def evaluate_chunk(task, model, chunk):
+        """(first model value + chunk, 1000 task + chunk): says which model and chunk it saw."""
+        return float(model[0]) + chunk, 1000.0 * task + chunk
 
 
 def model(task, version):
@@ -172,3 +182,30 @@ def test_groups_go_to_one_worker_with_each_model_once():
                                       for group in groups for r in group})
 
     with_workers(server)
+
+
+def test_evaluation_chunks_spread_over_workers_and_come_back_in_order():
+    def server(st):
+        for eval_id, (task, version, chunks) in enumerate([(1, 3, 7), (0, 2, 1), (1, 4, 3)]):
+            m = model(task, version)
+            st.evaluate(eval_id, task, m, chunks)
+            sums = st.wait_eval(eval_id, chunks)
+            assert sums == [(float(m[0]) + c, 1000.0 * task + c) for c in range(chunks)]
+        assert not st.eval_sums and not any(st.eval_load.values())
+        assert set(st.evals_received) == set(st.workers[:7])  # 7 chunks: one per worker first
+
+    with_workers(server)
+
+
+def test_workers_evaluate_between_the_steps_of_a_training():
+    def server(st):
+        req = Request(0, 1, client=0, base_version=0, dispatch_time=0.0, finish_time=0.0, seed=3)
+        st.submit([Work(req, model(1, 0))])
+        time.sleep(0.3)  # the worker is training now (3 s in 30 steps)
+        st.evaluate(0, 0, model(0, 5), 1)
+        assert st.wait_eval(0, 1) == [(5.0, 0.0)]
+        st.progress()
+        assert 0 not in st.landed  # answered between two steps, not after the request
+        st.free(st.wait_for(0))
+
+    with_workers(server, runner=EchoRunner(sleep=3.0, steps=30))

@@ -1,0 +1,229 @@
+"""Strong scaling with EMULATED workers (SPEC §11): the real server, transport and protocol
+(`mpiexec -n W+1`), workers that sleep for times calibrated here (`fedast_mpi.emulated`).
+
+    python -m benchmarks.scaling [--workloads fmnist,cifar] [--workers 1,2,4,8,16,32,64]
+                                 [--modes server,workers] [--updates-per-worker 60]
+                                 [--json OUT] [--keep DIR]
+
+1. Calibration: one process, one torch thread, trains requests and evaluates test chunks of the
+   workload's model for real and takes the medians (seconds per request, per chunk).
+2. For each W and each mode (server: rank 0 evaluates the 10,000 test images itself;
+   workers: chunks of 1024 go to the workers and rank 0 speculates past the results,
+   `fedast_mpi.speculation`; workers-wait: the same but rank 0 waits for every result), one
+   virtual-clock run whose `max_time`
+   makes about `--updates-per-worker` × W updates, so every run lasts about the same wall time
+   if the server keeps up (server mode: × min(W, 16), since rank 0 caps it well below W = 16).
+   Emulated workers are niced: they sleep, and yield the cores to rank 0.
+3. From the run file: updates/s over the training loop (`updates_processed / wall_seconds`),
+   efficiency = updates/s ÷ (W × updates/s at W = 1, same evaluation mode), rank 0's busy
+   fraction (1 − server_wait_seconds / wall_seconds), rank 0's serial seconds per update by
+   category (`server_busy_*_seconds`), and the ceiling they imply: a server busy s seconds per
+   update cannot take more than 1/s updates/s, i.e. efficiency ≤ 1 / (s · W · updates/s at 1).
+
+The accuracies of these runs mean nothing (the deltas are not trained): only timing is measured.
+Workloads: `fmnist`, configs/paper/homogeneous-fmnist-m2.yaml (2 × LeNet-5, R = 150, b = 5,
+evaluation every 4 aggregations on 10,000 test images; the real files from Debian's
+dataset-fashion-mnist when installed, else generated ones of the same shape); `cifar`,
+configs/paper/homogeneous-cifar10-m2.yaml (2 × the CIFAR-10 CNN) on generated files in the real
+format (10,000 test images). The JSON record goes to --json or stdout (`benchmarks.emit`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import emit
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+WORKLOADS = {"fmnist": ("configs/paper/homogeneous-fmnist-m2.yaml", "fmnist"),
+             "cifar": ("configs/paper/homogeneous-cifar10-m2.yaml", "cifar10")}
+N_TRAIN, N_TEST = 6000, 10000  # generated files: shards reuse the train set; full test set
+TIMEOUT = 900
+SERVER_CAP = 16
+CATEGORIES = ("evaluate", "aggregate", "send", "flush", "checkpoint", "other")
+
+
+def data_dir(dataset: str, tmp: Path) -> tuple[str, str]:
+    """(data_dir, what it holds) for a workload's dataset."""
+    if dataset == "fmnist" and FMNIST_DIR.is_dir():
+        return str(FMNIST_DIR), f"real Fashion-MNIST ({FMNIST_DIR})"
+    from fedast_mpi.data.sample_files import write_dataset
+    root = tmp / dataset
+    return (str(write_dataset(dataset, root, n_train=N_TRAIN, n_test=N_TEST)),
+            f"generated {dataset} files ({N_TRAIN} train, {N_TEST} test images)")
+
+
+def overrides(data: str, n_tasks: int) -> list[str]:
+    sets = ["run.device=cpu", "run.log_every=0", "run.checkpoint.every_seconds=100000"]
+    return sets + [f"tasks.{i}.data_dir={data}" for i in range(n_tasks)]
+
+
+def calibrate(config: str, sets: list[str], out: Path, reps: int = 5) -> dict:
+    """Median seconds per request and per test chunk of each task, on one torch thread."""
+    import numpy as np
+    import torch
+
+    from fedast_mpi import emulated
+    from fedast_mpi.config import load_config
+    from fedast_mpi.runner import TaskRunner
+    torch.set_num_threads(1)
+    cfg = load_config(config, sets)
+    runner = TaskRunner(cfg, "cpu")
+    timings = []
+    for i, task in enumerate(cfg.tasks):
+        model = runner.initial_model(i)
+        train, chunk = [], []
+        for k in range(reps + 2):  # the first two warm up
+            t0 = time.perf_counter()
+            runner.train(i, k % cfg.clients.count, model, seed=k)
+            train.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            runner.evaluate_chunk(i, model, k % runner.eval_chunks(i))
+            chunk.append(time.perf_counter() - t0)
+        timings.append(emulated.TaskTiming(
+            n_params=int(np.asarray(model).size), train_seconds=statistics.median(train[2:]),
+            eval_chunk_seconds=statistics.median(chunk[2:]), local_steps=task.local_steps))
+    emulated.save(out, timings, config=config)
+    return {"tasks": [t.__dict__ for t in timings],
+            "eval_chunks": [runner.eval_chunks(i) for i in range(len(cfg.tasks))],
+            "test_samples": [runner.n_test(i) for i in range(len(cfg.tasks))]}
+
+
+def updates_per_time(config: str, sets: list[str]) -> tuple[float, float]:
+    """Expected updates per simulated time unit (Σ R / mean request duration), and the time
+    before the first ones finish (the shortest duration)."""
+    from fedast_mpi.config import load_config
+    cfg = load_config(config, sets)
+    tiers = [getattr(cfg.clients.tiers, n) for n in ("slow", "normal", "fast")]
+    mult = sum(t.fraction * t.multiplier for t in tiers)
+    fastest = min(t.multiplier for t in tiers)
+    rate = sum(t.requests / (t.delay.local_multi * (t.delay.shift + t.delay.exp_mean) * mult)
+               for t in cfg.tasks)
+    return rate, min(t.delay.local_multi * t.delay.shift * fastest for t in cfg.tasks)
+
+
+MODES = {"server": ("server", "1"), "workers": ("workers", "1"),
+         "workers-wait": ("workers", "0")}
+"""Benchmark modes: run.evaluation, and FEDAST_SPECULATE (0: rank 0 waits for each result)."""
+
+
+def run_one(config: str, sets: list[str], calib: Path, workers: int, mode: str,
+            max_time: float, out: Path) -> dict:
+    evaluation, speculate = MODES[mode]
+    cmd = [str(BIN / "mpiexec"), "-n", str(workers + 1), sys.executable, "-m", "fedast_mpi",
+           "run", config, "--out", str(out)]
+    for item in [*sets, f"run.evaluation={evaluation}", f"run.max_time={max_time:.6g}"]:
+        cmd += ["--set", item]
+    env = {**os.environ, "FEDAST_EMULATE": str(calib), "OMP_NUM_THREADS": "1",
+           "FEDAST_SPECULATE": speculate,
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    rec: dict = {"workers": workers, "mode": mode, "max_time": max_time,
+                 "total_seconds": time.perf_counter() - t0,
+                 "cmd": " ".join(["FEDAST_EMULATE=CALIBRATION", *cmd[:1], *cmd[1:]]),
+                 "ok": proc.returncode == 0}
+    if not rec["ok"]:
+        rec["stderr"] = proc.stderr[-2000:]
+        return rec
+    import h5py
+    with h5py.File(out / "run.h5", "r", locking=False) as f:
+        a = {k: f.attrs[k] for k in f.attrs}
+    updates, wall = int(a["updates_processed"]), float(a["wall_seconds"])
+    wait = float(a["server_wait_seconds"])
+    busy = {c: float(a.get(f"server_busy_{c}_seconds", 0.0)) for c in CATEGORIES}
+    rec.update(speculation={k: int(v) for k, v in a.items() if k.startswith("speculation_")})
+    rec.update(updates=updates, wall_seconds=wall, updates_per_second=updates / wall,
+               server_wait_seconds=wait, server_cpu_seconds=float(a["server_cpu_seconds"]),
+               busy_fraction=1.0 - wait / wall,
+               serial_seconds_per_update=(wall - wait) / updates,
+               busy_per_update={c: v / updates for c, v in busy.items()})
+    return rec
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Efficiency and ceiling of every run against the W = 1 run of its mode."""
+    out: dict = {}
+    for mode in sorted({r["mode"] for r in runs}):
+        mine = sorted((r for r in runs if r["mode"] == mode and r.get("ok")),
+                      key=lambda r: r["workers"])
+        base = next((r for r in mine if r["workers"] == 1), None)
+        rows = []
+        for r in mine:
+            row = {k: r[k] for k in ("workers", "updates", "updates_per_second", "busy_fraction",
+                                     "serial_seconds_per_update")}
+            if base is not None:
+                one = base["updates_per_second"]
+                row["efficiency"] = r["updates_per_second"] / (r["workers"] * one)
+                row["ceiling_efficiency"] = min(1.0, 1.0 / (r["serial_seconds_per_update"]
+                                                            * r["workers"] * one))
+            rows.append(row)
+        out[mode] = rows
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", default="fmnist,cifar")
+    ap.add_argument("--workers", default="1,2,4,8,16,32,64")
+    ap.add_argument("--modes", default="server,workers-wait,workers",
+                    help="server: rank 0 evaluates; workers: chunks on the workers, rank 0 "
+                         "speculates past the results; workers-wait: the same, rank 0 waits")
+    ap.add_argument("--updates-per-worker", type=float, default=60.0)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--keep", default=None, help="keep the run directories here")
+    args = ap.parse_args(argv)
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedast-scaling-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    record: dict = {"emulated": True, "note": "EMULATED workers (calibrated sleeps, real server "
+                    "and transport): timing only, accuracies meaningless", "workloads": {}}
+    for name in [w for w in args.workloads.split(",") if w]:
+        rel, dataset = WORKLOADS[name]
+        config = str(ROOT / rel)
+        data, what = data_dir(dataset, tmp)
+        from fedast_mpi.config import load_config
+        sets = overrides(data, len(load_config(config, [f"tasks.0.data_dir={data}",
+                                                        f"tasks.1.data_dir={data}"]).tasks))
+        calib = tmp / f"{name}-calibration.json"
+        cal = calibrate(config, sets, calib)
+        rate, first = updates_per_time(config, sets)
+        print(f"{name}: {what}; calibrated {cal['tasks'][0]['train_seconds'] * 1e3:.1f} ms per "
+              f"request, {cal['tasks'][0]['eval_chunk_seconds'] * 1e3:.1f} ms per test chunk "
+              f"({cal['eval_chunks'][0]} chunks); ~{rate:.1f} updates per time unit",
+              file=sys.stderr, flush=True)
+        runs = []
+        for w in [int(x) for x in args.workers.split(",")]:
+            for mode in args.modes.split(","):
+                # rank 0 evaluating caps the server mode at a few dozen updates/s: past
+                # SERVER_CAP workers its runs keep the update count of SERVER_CAP, so that they
+                # measure the same ceiling in a bounded time
+                n = min(w, SERVER_CAP) if mode == "server" else w
+                max_time = first + args.updates_per_worker * n / rate
+                rec = run_one(config, sets, calib, w, mode, max_time, tmp / f"{name}-{mode}-{w}")
+                runs.append(rec)
+                brief = (f"{rec['updates_per_second']:.1f} upd/s, rank 0 busy "
+                         f"{100 * rec['busy_fraction']:.0f} %, "
+                         f"{1e3 * rec['serial_seconds_per_update']:.2f} ms/update"
+                         if rec["ok"] else "FAILED " + rec.get("stderr", "")[-300:])
+                print(f"  {name} W={w:<3} eval on {mode:<7} {brief}", file=sys.stderr,
+                      flush=True)
+        record["workloads"][name] = {"data": what, "config": rel, "calibration": cal,
+                                     "updates_per_time_unit": rate, "runs": runs,
+                                     "summary": summarize(runs)}
+    emit(record, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""Evaluations off rank 0's critical path in the virtual clock: speculate, roll back when wrong.
+
+A task completes at the time of the evaluation that reaches its target, and everything after
+that time depends on whether it did (its requests are cancelled, its budget handed over). An
+evaluation on the workers takes a while; waiting for each one would put rank 0 to sleep once
+every few updates. Instead rank 0 assumes that an evaluation whose result has not come yet
+does *not* reach the target, and goes on. Nothing it does under that assumption leaves rank 0
+until the assumption is confirmed: requests to send, cancellations and run-file rows are held
+back (`Held`), in order. When the result comes:
+- not reached (nearly always): the held effects up to the next unconfirmed evaluation go out;
+- reached: rank 0 rolls back to its last snapshot (a state with nothing unconfirmed), replays
+  the updates it had consumed since (kept in a log) with that result known, and goes on from
+  there. Effects already released are regenerated identically and skipped.
+So every run decides exactly what it would decide waiting for each evaluation; only wall time
+changes. Speculation stops (rank 0 waits) when the update it needs next belongs to a request
+still held back, when too many evaluations are unconfirmed, or before a checkpoint.
+
+Snapshots are the server's own checkpoint state (`Server.state_dict`), taken at confirmed
+batch boundaries every `SNAPSHOT_UPDATES` consumed updates; the log holds copies of the deltas
+consumed since (so the landing slots go back to the transport as usual).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from fedast_mpi.errors import ProtocolError
+from fedast_mpi.executor import Layer
+from fedast_mpi.records import Update, Work
+
+if TYPE_CHECKING:
+    from fedast_mpi.evaluation import WorkerEvaluation
+    from fedast_mpi.server import Server
+
+MAX_PENDING = 8
+"""Unconfirmed evaluations rank 0 may run ahead of; one more waits for the oldest."""
+SNAPSHOT_UPDATES = 500
+"""A new snapshot (at a confirmed batch boundary) once this many updates were consumed since."""
+LOG_BYTES = 256 << 20
+"""Log size at which rank 0 stops speculating until everything is confirmed, and snapshots."""
+NAN = math.nan
+
+
+class Rollback(Exception):
+    """An evaluation reached its target after rank 0 had assumed it did not."""
+
+
+@dataclass
+class Launch:
+    """One evaluation launched since the snapshot, in launch order."""
+
+    seq: int
+    """Position among the effects: those generated before it do not depend on it."""
+    eval_id: int
+    task: int
+    target: float
+    result: tuple[float, float] | None = None
+    row: list | None = field(default=None, repr=False)
+    """The held effect of its /tasks/*/eval row (filled in when the result comes)."""
+
+
+class Speculation:
+    """The journal between rank 0's parts and the world: held effects, the update log,
+    the evaluations in flight, the snapshot."""
+
+    def __init__(self, server: "Server", evaluation: "WorkerEvaluation") -> None:
+        self.server = server
+        self.evaluation = evaluation
+        self.active = False
+        self.snapshot: dict | None = None
+        self.log: dict[int, Update] = {}
+        self.log_bytes = 0
+        self.held: deque[list] = deque()  # [seq, fn, args, request ids]
+        self.held_requests: set[int] = set()
+        self.placed: dict[int, tuple[int, int]] = {}  # request -> (worker, group) since snapshot
+        self.seq = 0  # effects generated since the snapshot (in this timeline)
+        self.released = 0  # effects since the snapshot already out (skipped when replayed)
+        self.launches: list[Launch] = []
+        self.next_launch = 0
+        self.awaiting_row: Launch | None = None
+        self.latest: dict[int, Launch] = {}  # task -> its latest launch
+        self.rollbacks = 0
+        self.branch: Launch | None = None  # the launch that reached after all (a rollback's)
+        self.snapshots = 0
+        self.waits = 0  # times rank 0 stopped speculating and waited for a result
+
+    # -- effects ---------------------------------------------------------------------------
+    def effect(self, fn: Callable, *args: Any, requests: Sequence[int] = (),
+               replayed: Callable | None = None) -> list | None:
+        """Do fn(*args) now, or hold it until every evaluation launched before is confirmed.
+
+        Replayed after a rollback, an effect that went out already is skipped (`replayed(*args)`
+        is called instead, when given)."""
+        seq = self.seq
+        self.seq += 1
+        if seq < self.released:
+            if replayed is not None:
+                replayed(*args)
+            return None
+        if not self.active or (not self.held and self._frontier() > seq):
+            self.released = seq + 1
+            fn(*args)
+            return None
+        entry = [seq, fn, args, tuple(requests)]
+        self.held.append(entry)
+        self.held_requests.update(requests)
+        return entry
+
+    def _frontier(self) -> int:
+        """Effects before this position depend on no unconfirmed evaluation."""
+        for launch in self.launches:
+            if launch.result is None:
+                return launch.seq
+        return self.seq
+
+    def release(self) -> None:
+        frontier = self._frontier()
+        while self.held and self.held[0][0] < frontier:
+            seq, fn, args, requests = self.held.popleft()
+            self.held_requests.difference_update(requests)
+            self.released = seq + 1
+            fn(*args)
+
+    # -- evaluations -----------------------------------------------------------------------
+    def evaluate(self, task: int, model: np.ndarray) -> tuple[float, float]:
+        """The evaluation of `task`'s current model: known, or assumed not to reach the target
+        (NaN) while the workers compute it."""
+        if not self.active:
+            return self.evaluation(task, model)
+        index = self.next_launch
+        self.next_launch += 1
+        if index < len(self.launches):  # replaying: the same evaluation, already launched
+            launch = self.launches[index]
+            if launch.task != task:
+                raise ProtocolError(f"replay diverged: evaluation {index} of task {launch.task} "
+                                    f"replayed as task {task}")
+        else:
+            while sum(la.result is None for la in self.launches) >= MAX_PENDING:
+                self.confirm(block=True, count=1)
+            target = self.server.tasks[task].cfg.target_accuracy
+            launch = Launch(self.seq, self.evaluation.launch(task, model), task, target)
+            self.launches.append(launch)
+        self.latest[task] = launch
+        self.awaiting_row = launch
+        return launch.result if launch.result is not None else (NAN, NAN)
+
+    def eval_row(self, sink_eval: Callable, task: int, row: tuple) -> None:
+        """The /tasks/*/eval row of the evaluation just made: held until its result is in."""
+        launch, self.awaiting_row = self.awaiting_row, None
+        entry = self.effect(self._write_row, sink_eval, task, list(row))
+        if launch is not None and launch.result is None and entry is not None:
+            launch.row = entry
+
+    @staticmethod
+    def _write_row(sink_eval: Callable, task: int, row: list) -> None:
+        sink_eval(task, tuple(row))
+
+    def confirm(self, block: bool = False, count: int | None = None) -> None:
+        """Take the results that came (or wait for them), oldest first; release what they
+        confirm. Raises Rollback at the first one that reached its target."""
+        done = 0
+        for launch in self.launches:
+            if launch.result is not None:
+                continue
+            if count is not None and done >= count:
+                break
+            result = (self.evaluation.wait(launch.eval_id) if block
+                      else self.evaluation.poll(launch.eval_id))
+            if result is None:
+                break
+            launch.result = result
+            done += 1
+            acc, loss = result
+            if acc >= launch.target:
+                self.rollbacks += 1
+                self.branch = launch
+                raise Rollback(f"evaluation {launch.eval_id} of task {launch.task}")
+            if launch.row is not None:
+                launch.row[2][2][4:6] = [acc, loss]
+            if self.latest.get(launch.task) is launch:
+                self.server.tasks[launch.task].accuracy = acc
+        self.release()
+
+    def settle(self) -> None:
+        """Wait until nothing is unconfirmed (Rollback if something reached its target)."""
+        if self.pending():
+            self.waits += 1
+        self.confirm(block=True)
+
+    def pending(self) -> bool:
+        return any(la.result is None for la in self.launches)
+
+    # -- the executor's side -----------------------------------------------------------------
+    def submit(self, submit: Callable, group: Sequence[Work]) -> None:
+        """Send a group (held while speculating). A group sent before a rollback is not sent
+        again; its requests get back the worker and group they were sent to."""
+        def send(items: Sequence[Work]) -> None:
+            submit(items)
+            self.placed.update((w.req.id, (w.req.worker, w.req.group)) for w in items)
+
+        def placed(items: Sequence[Work]) -> None:
+            for w in items:
+                w.req.worker, w.req.group = self.placed[w.req.id]
+
+        self.effect(send, group, requests=[w.req.id for w in group], replayed=placed)
+
+    def wait_for(self, inner: Callable[[int], Update], rid: int) -> Update:
+        """The update of `rid`: from the log when replaying, else from the executor (a copy
+        kept for replays). A request still held back is sent first (speculation stops)."""
+        logged = self.log.get(rid)
+        if logged is not None:
+            return logged
+        if rid in self.held_requests:
+            self.settle()
+        upd = inner(rid)
+        if self.active:
+            self.log[rid] = Update(upd.request, upd.task, upd.worker, upd.train_loss,
+                                   upd.n_samples, np.array(upd.delta, np.float32), None,
+                                   upd.norm)
+            self.log_bytes += upd.delta.nbytes
+        return upd
+
+    def discard(self, inner: Callable[[int], None], rid: int) -> None:
+        # an update consumed in an abandoned timeline was received already: nothing to drop
+        self.effect(lambda r: None if r in self.log else inner(r), rid)
+
+    # -- snapshots and rollbacks -------------------------------------------------------------
+    def start(self) -> None:
+        """After the policy's start (or a resume): the first snapshot; speculation begins."""
+        self.take_snapshot()
+        self.active = True
+
+    def take_snapshot(self) -> None:
+        if self.held or self.pending():
+            raise RuntimeError("snapshot taken with effects held back")
+        self.snapshot = self.server.state_dict()
+        self.snapshots += 1
+        self.log.clear()
+        self.placed.clear()
+        self.log_bytes = 0
+        self.seq = self.released = self.next_launch = 0
+        self.launches = []
+        self.latest = {}
+
+    def after_batch(self) -> None:
+        """A batch boundary: confirm what came; snapshot when everything is confirmed and the
+        log is long; stop speculating (wait) when the log grows too large."""
+        if not self.active:
+            return
+        self.confirm()
+        if self.log_bytes > LOG_BYTES:
+            self.settle()
+        if not self.pending() and (len(self.log) >= SNAPSHOT_UPDATES
+                                   or self.log_bytes > LOG_BYTES // 2):
+            self.take_snapshot()
+
+    def rollback(self) -> None:
+        """Back to the snapshot: held effects dropped, the server's decisions restored,
+        launches after the one that reached forgotten (its result is kept for the replay)."""
+        if self.branch is None:
+            raise RuntimeError("rollback without an evaluation that reached its target")
+        branch = self.launches.index(self.branch)
+        for launch in self.launches[branch + 1:]:
+            self.evaluation.forget(launch.eval_id)
+        self.launches = self.launches[:branch + 1]
+        for launch in self.launches:
+            launch.row = None
+        self.held.clear()
+        self.held_requests.clear()
+        self.seq = self.next_launch = 0
+        self.latest = {}
+        self.awaiting_row = None
+        if self.snapshot is None:
+            raise RuntimeError("rollback before the first snapshot")
+        self.server.restore_decisions(self.snapshot)
+
+
+class HeldSink:
+    """The run-file sink as the recorder sees it while speculating: rows are effects."""
+
+    def __init__(self, sink, spec: Speculation) -> None:
+        self.sink = sink
+        self.spec = spec
+
+    def event(self, row: tuple) -> None:
+        self.spec.effect(self.sink.event, row)
+
+    def aggregation(self, row: tuple) -> None:
+        self.spec.effect(self.sink.aggregation, row)
+
+    def allocation(self, row: tuple) -> None:
+        self.spec.effect(self.sink.allocation, row)
+
+    def task_reached(self, task: int, time: float) -> None:
+        self.spec.effect(self.sink.task_reached, task, time)
+
+    def eval(self, task: int, row: tuple) -> None:
+        self.spec.eval_row(self.sink.eval, task, row)
+
+    def __getattr__(self, name: str):  # header, final models, attributes, flushes: as they are
+        return getattr(self.sink, name)
+
+
+class Journal(Layer):
+    """The executor as the server sees it while speculating (an `Executor` over the Grouper):
+    sends and cancellations are effects, consumed updates are logged for replays."""
+
+    def __init__(self, inner, spec: Speculation) -> None:
+        self.inner = inner
+        self.spec = spec
+
+    def submit(self, group: Sequence[Work]) -> None:
+        self.spec.submit(self.inner.submit, group)
+
+    def wait_for(self, rid: int) -> Update:
+        return self.spec.wait_for(self.inner.wait_for, rid)
+
+    def discard(self, rid: int) -> None:
+        self.spec.discard(self.inner.discard, rid)
+
+    def cancel_task(self, task: int) -> None:
+        self.spec.effect(self.inner.cancel_task, task)
+
+    def free(self, upd: Update) -> None:
+        self.inner.free(upd)  # replays read the log's copies: a slot can go back at once
+
+    def __getattr__(self, name: str):  # poll, shutdown, and the Grouper's checkpoint calls
+        return getattr(self.inner, name)

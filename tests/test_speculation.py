@@ -1,0 +1,84 @@
+"""Speculation (fedast_mpi.speculation): evaluations that come late decide exactly what waiting
+for them decides, rollbacks included. On the real server and policies over fake parts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fake_server import Harness, config, task
+from fedast_mpi import schema, speculation
+
+
+def _bytes(rows: list, dtype: np.dtype, wall: str = "wall") -> bytes:
+    table = np.array(rows, dtype=dtype)
+    table[wall] = 0.0  # wall-clock columns differ between any two runs
+    return table.tobytes()  # (bytes: NaN equals NaN)
+
+
+def rows(h: Harness) -> dict:
+    """Every row the run wrote (wall-clock columns zeroed), and the final models."""
+    s = h.sink
+    return {"events": _bytes(s.events, schema.EVENT_DTYPE),
+            "aggregations": _bytes(s.aggregations, schema.AGGREGATION_DTYPE),
+            "allocation": np.array(s.allocations, dtype=schema.ALLOCATION_DTYPE).tobytes(),
+            "evals": {m: _bytes(e, schema.EVAL_DTYPE) for m, e in s.evals.items()},
+            "reached": dict(s.reached),
+            "models": {i: t.model.tobytes() for i, t in enumerate(h.server.tasks)}}
+
+
+CASES = {
+    "fedast-static": (dict(), [task("a", eval_every=1), task("b", requests=6, buffer_size=3)]),
+    "fedast-dynamic": (dict(allocation="dynamic", realloc={"window": 3}),
+                       [task("a", eval_every=1), task("b", requests=6, buffer_size=3)]),
+    "sync": (dict(algorithm="sync", first_k=2, available=10), [task("a"), task("b")]),
+    "sync-ucb": (dict(algorithm="sync-ucb", first_k=2, available=10), [task("a"), task("b")]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("delay", [1, 3, 12])
+def test_late_evaluations_decide_what_waiting_decides(case, delay):
+    algo, tasks = CASES[case]
+    accuracy = {0: lambda v: 0.95 if v >= 6 else 0.1 * (v % 5),  # reaches at version 6
+                1: lambda v: 0.95 if v >= 9 else 0.0}
+    kw = dict(max_time=120.0, clients=40, **algo)
+    wait = Harness(config(tasks, **kw), accuracy)
+    wait.run()
+    late = Harness(config(tasks, **kw), accuracy, eval_delay=delay)
+    late.run()
+    spec = late.server.speculation
+    assert spec is not None and spec.snapshots >= 1
+    assert wait.server.tasks.all_finished()  # both completions happened...
+    assert spec.rollbacks >= 1  # ...and the late run had speculated past at least one
+    assert rows(late) == rows(wait)
+    assert [r.id for r in late.executor.submitted] == [r.id for r in wait.executor.submitted]
+    # cancelled requests are dropped by the executor, unless their update came already (taken
+    # in a timeline that was rolled back)
+    late_d, wait_d = set(late.executor.discarded), set(wait.executor.discarded)
+    assert late_d <= wait_d
+    assert not (wait_d - late_d) & set(late.executor.pending)
+
+
+def test_held_effects_leave_in_order_once_confirmed(monkeypatch):
+    monkeypatch.setattr(speculation, "SNAPSHOT_UPDATES", 25)  # many snapshots too
+    h = Harness(config([task("a", eval_every=1)], max_time=150.0, clients=40),
+                {0: lambda v: 0.0}, eval_delay=5)
+    h.run()
+    spec = h.server.speculation
+    assert spec.rollbacks == 0 and spec.snapshots > 3 and not spec.held and not spec.pending()
+    ev = np.array([r[9] for r in h.sink.events])
+    assert np.all(np.diff(ev) >= 0)  # rows came out in processing order
+    evals = h.sink.evals[0]
+    assert [r[2] for r in evals] == list(range(len(evals)))  # every version, in order
+    assert all(r[4] == 0.0 for r in evals)  # late results filled into their held rows
+    assert not h.chunks.results  # every evaluation collected
+
+
+def test_too_many_unconfirmed_evaluations_make_rank_0_wait(monkeypatch):
+    monkeypatch.setattr(speculation, "MAX_PENDING", 2)
+    h = Harness(config([task("a", eval_every=1, buffer_size=1)], max_time=60.0, clients=40),
+                {0: lambda v: 0.0}, eval_delay=50)
+    h.run()
+    spec = h.server.speculation
+    assert spec.waits > 0
