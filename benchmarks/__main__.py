@@ -132,6 +132,7 @@ class Session:
     def __init__(self, quick: bool, tmp: Path, needed: Sequence[str] = (), reps: int = 1):
         self.quick = quick
         self.reps = reps
+        self.scaling_workloads = "fmnist,cifar"
         self.tmp = tmp
         self.data_dir = tmp / "data"
         self.workloads = workloads(quick, str(self.data_dir))
@@ -315,7 +316,8 @@ class Session:
     def run_scaling(self) -> dict:
         out = self.fresh("scaling").with_suffix(".json")
         cmd = [sys.executable, "-m", "benchmarks.scaling", "--workers",
-               "1,4,16" if self.quick else SCALING_WORKERS, "--json", str(out)]
+               "1,4,16" if self.quick else SCALING_WORKERS,
+               "--workloads", self.scaling_workloads, "--json", str(out)]
         return self._json_tool("scaling", cmd, out, timeout=SCALE_TIMEOUT)
 
     def measure(self, key: str) -> dict:
@@ -794,6 +796,9 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", nargs="?", const=str(HERE.parent / "README.md"), default=None,
                     metavar="PATH", help="also write the table into the Performance section of "
                     "README.md (between the benchmarks:begin/end markers)")
+    ap.add_argument("--scaling-workloads", default="fmnist,cifar", metavar="LIST",
+                    help="workloads of the scaling benchmark (default %(default)s; one CIFAR-10 "
+                         "request takes ~1.7 s on a slow 2-core machine: ~40 min for its 21 runs)")
     ap.add_argument("--json", default=str(HERE / "results" / "latest.json"),
                     help="where to write the JSON record (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -815,6 +820,7 @@ def main(argv=None) -> int:
     samples: dict[str, list[dict]] = {k: [] for k in needed}
     try:
         session = Session(args.quick, tmp, needed, reps)
+        session.scaling_workloads = args.scaling_workloads
         for rep in range(reps):
             for key in needed:
                 if key in ONCE and rep > 0:
