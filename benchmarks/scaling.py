@@ -74,6 +74,7 @@ def calibrate(config: str, sets: list[str], out: Path, reps: int = 5) -> dict:
 
     from fedast_mpi import emulated
     from fedast_mpi.config import load_config
+    from fedast_mpi.evaluation import n_chunks
     from fedast_mpi.runner import TaskRunner
     torch.set_num_threads(1)
     cfg = load_config(config, sets)
@@ -87,14 +88,14 @@ def calibrate(config: str, sets: list[str], out: Path, reps: int = 5) -> dict:
             runner.train(i, k % cfg.clients.count, model, seed=k)
             train.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            runner.evaluate_chunk(i, model, k % runner.eval_chunks(i))
+            runner.evaluate_chunk(i, model, k % n_chunks(runner.n_test(i)))
             chunk.append(time.perf_counter() - t0)
         timings.append(emulated.TaskTiming(
             n_params=int(np.asarray(model).size), train_seconds=statistics.median(train[2:]),
             eval_chunk_seconds=statistics.median(chunk[2:]), local_steps=task.local_steps))
     emulated.save(out, timings, config=config)
     return {"tasks": [t.__dict__ for t in timings],
-            "eval_chunks": [runner.eval_chunks(i) for i in range(len(cfg.tasks))],
+            "eval_chunks": [n_chunks(runner.n_test(i)) for i in range(len(cfg.tasks))],
             "test_samples": [runner.n_test(i) for i in range(len(cfg.tasks))]}
 
 

@@ -51,7 +51,6 @@ class WorkerEvaluation:
         self.transport = transport
         self.n_test = [int(n) for n in n_test]
         self.next_id = 0
-
         self.tasks: dict[int, int] = {}  # evaluation id -> task, while in flight
 
     def __call__(self, task: int, model: np.ndarray) -> tuple[float, float]:

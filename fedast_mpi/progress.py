@@ -47,9 +47,6 @@ class Progress:
             parts.append(f"{t.name} v{t.version} {t.accuracy:.3f}{mark}")
         self._emit(" | ".join(parts), transient=True)
 
-    def reached(self, server, task) -> None:
-        self.emit(self.reached_line(server, task))
-
     def emit(self, line: str) -> None:
         self._emit(line)
 

@@ -13,7 +13,6 @@ from fedast_mpi.data import TaskData, load_task_data
 from fedast_mpi.models import build_model
 from fedast_mpi.params import FlatModel
 from fedast_mpi.batched import batchable, local_train_batch
-from fedast_mpi.evaluation import EVAL_BATCH, n_chunks
 from fedast_mpi.training import evaluate, evaluate_chunk, local_train
 
 
@@ -94,10 +93,6 @@ class TaskRunner:
         """(accuracy, mean loss) of `model` on the task's test set."""
         data = self.data[task]
         return evaluate(self.models[task], model, data.test_x, data.test_y)
-
-    def eval_chunks(self, task: int) -> int:
-        """Chunks of the task's test set (`training.EVAL_BATCH` samples each)."""
-        return n_chunks(len(self.data[task].test_y), EVAL_BATCH)
 
     def n_test(self, task: int) -> int:
         return len(self.data[task].test_y)

@@ -229,10 +229,13 @@ class ServerTransport:
                 if j == 0:
                     self._isend(model, w, P.TAG_EVAL_MODEL, MPI.FLOAT)
 
+    def _eval_in(self, eval_id: int, chunks: int) -> bool:
+        return len(self.eval_sums.get(eval_id, ())) == chunks
+
     def eval_done(self, eval_id: int, chunks: int) -> bool:
         """Whether every chunk of an evaluation is in (progresses the receives first)."""
         self.progress()
-        return len(self.eval_sums.get(eval_id, ())) == chunks
+        return self._eval_in(eval_id, chunks)
 
     def forget_eval(self, eval_id: int) -> None:
         """Drop an evaluation's chunks, those in and those to come."""
@@ -241,7 +244,7 @@ class ServerTransport:
 
     def wait_eval(self, eval_id: int, chunks: int) -> list[tuple[float, float]]:
         """The sums of every chunk of an evaluation, in chunk order, waiting without spinning."""
-        self._wait_until(lambda: len(self.eval_sums.get(eval_id, ())) == chunks)
+        self._wait_until(lambda: self._eval_in(eval_id, chunks))
         sums = self.eval_sums.pop(eval_id)
         return [sums[c] for c in range(chunks)]
 
