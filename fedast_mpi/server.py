@@ -253,6 +253,7 @@ class Server:
                             requests_dropped=self.book.n_dropped, final_time=self.clock.now,
                             wall_seconds=self.clock.wall(), server_wait_seconds=wait.wall,
                             server_wait_cpu_seconds=wait.cpu,
+                            server_wait_wakeups=wait.wakeups,
                             server_cpu_seconds=self.clock.cpu(),
                             compute_seconds=self.executor.compute_seconds,
                             group_sizes=np.array(self.group_sizes, np.int32))
