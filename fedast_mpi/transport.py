@@ -7,9 +7,11 @@ backoff (MPICH's blocking waits busy-poll a core: MPI-NOTES.md).
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import weakref
 from collections import Counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from mpi4py import MPI
@@ -219,7 +221,7 @@ class ServerTransport:
         if done():
             return
         cap = self._wait_cap()
-        backoff = Backoff(first=max(50e-6, cap / 8), cap=cap)
+        backoff = Backoff(first=max(50e-6, cap / 2), cap=cap)
         with self.wait:
             while True:
                 self.progress()
@@ -367,22 +369,153 @@ class ServerTransport:
         self.sends = []
 
 
+SPARE_PER_SIZE = 32
+"""Most finished update messages a worker keeps per message size for reuse: two groups of the
+largest automatic group size (`grouping.AUTO_GPU_SIZE`), so a GPU worker recycles a whole group
+while the previous one is still being sent."""
+PINNED_BYTES_CAP = 512 << 20
+"""Most page-locked bytes a worker's messages may hold, as PyTorch reserves them (`pinned_block`):
+its caching host allocator rounds every request up to a power of two and never gives a block back,
+so the cap is on the blocks ever reserved, not on those in use. Past it messages are plain
+(pageable) memory: a device-to-host copy into them is synchronous, nothing else changes."""
+
+
+def pinned_block(nbytes: int) -> int:
+    """Bytes PyTorch's caching host allocator reserves for a pinned request of `nbytes`: the next
+    power of two (its `PowerOf2Ceil`), a block it keeps for later requests of that size class."""
+    return 1 << max(0, int(nbytes) - 1).bit_length()
+
+
+@dataclasses.dataclass
+class PoolStats:
+    """What a `MessagePool` has done and holds, for tests and measurements."""
+
+    pinned_allocs: int = 0  # page-locked buffers allocated
+    plain_allocs: int = 0  # pageable buffers allocated (not pinned, or past the cap)
+    reused: int = 0  # takes served from the spare buffers
+    dropped: int = 0  # buffers given back while their size's spares were full
+    live: int = 0  # buffers alive now (handed out, held, in flight or spare)
+    live_bytes: int = 0
+    peak_live: int = 0
+    peak_live_bytes: int = 0
+    peak_spare: int = 0  # most spare buffers at once (all sizes)
+    peak_spare_bytes: int = 0
+    pinned_reserved_bytes: int = 0  # page-locked bytes PyTorch keeps for our messages (<= cap)
+
+
+class MessagePool:
+    """A worker's message buffers: recycled by size, page-locked within bounds.
+
+    `take(nbytes)` hands out a spare buffer of that size (page-locked ones first) or a new one;
+    `give(buf)` takes back a buffer whose send has completed, kept as a spare unless its size
+    already has `max_spare` (a page-locked one then replaces a pageable spare). With `pinned`
+    (a CUDA worker), new buffers are page-locked while PyTorch's reserved blocks stay within
+    `pinned_cap` bytes (`pinned_block` per size class: a block freed back to its cache is reused
+    for the same class, so a class grows only past the most of its buffers ever alive at once);
+    otherwise, and past the cap, they are plain numpy memory. Buffers the caller drops (a
+    cancelled task's held updates, received models once copied to the GPU) are noticed when
+    they are freed. `alloc_pinned` stands in for `torch.empty(..., pin_memory=True)` in tests.
+    """
+
+    def __init__(self, pinned: bool = False, max_spare: int = SPARE_PER_SIZE,
+                 pinned_cap: int = PINNED_BYTES_CAP,
+                 alloc_pinned: Callable[[int], np.ndarray] | None = None):
+        self.pinned = pinned
+        self.max_spare = max_spare
+        self.pinned_cap = pinned_cap
+        self.alloc_pinned = alloc_pinned or _torch_pinned
+        self.spare: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}  # (pinned, plain)
+        self.spare_count = 0
+        self.spare_bytes = 0
+        self.pinned_ids: set[int] = set()  # id() of our page-locked buffers alive now
+        self.pinned_live: Counter[int] = Counter()  # block size -> page-locked buffers alive
+        self.pinned_reserved: Counter[int] = Counter()  # block size -> most ever alive at once
+        self.stats = PoolStats()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A buffer of `nbytes` uint8 (contents undefined)."""
+        pinned, plain = self.spare.get(nbytes, ([], []))
+        if pinned or plain:
+            self.spare_count -= 1
+            self.spare_bytes -= nbytes
+            self.stats.reused += 1
+            return pinned.pop() if pinned else plain.pop()
+        block = pinned_block(nbytes)
+        if self.pinned and (self.pinned_live[block] < self.pinned_reserved[block]
+                            or self.stats.pinned_reserved_bytes + block <= self.pinned_cap):
+            buf = self.alloc_pinned(nbytes)
+            self.pinned_ids.add(id(buf))
+            self.pinned_live[block] += 1
+            if self.pinned_live[block] > self.pinned_reserved[block]:
+                self.pinned_reserved[block] += 1
+                self.stats.pinned_reserved_bytes += block
+            self.stats.pinned_allocs += 1
+            weakref.finalize(buf, self._freed, id(buf), nbytes, block).atexit = False
+        else:
+            buf = np.empty(nbytes, np.uint8)
+            self.stats.plain_allocs += 1
+            weakref.finalize(buf, self._freed, None, nbytes, 0).atexit = False
+        s = self.stats
+        s.live += 1
+        s.live_bytes += nbytes
+        s.peak_live, s.peak_live_bytes = max(s.peak_live, s.live), max(s.peak_live_bytes,
+                                                                       s.live_bytes)
+        return buf
+
+    def give(self, buf: np.ndarray) -> None:
+        """Take back a buffer no send reads any more."""
+        pinned, plain = self.spare.setdefault(buf.nbytes, ([], []))
+        if id(buf) in self.pinned_ids:
+            if len(pinned) + len(plain) >= self.max_spare:
+                if not plain:
+                    self.stats.dropped += 1
+                    return
+                plain.pop()  # a page-locked spare is worth more than a pageable one
+                self.stats.dropped += 1
+                self.spare_count -= 1
+                self.spare_bytes -= buf.nbytes
+            pinned.append(buf)
+        elif len(pinned) + len(plain) < self.max_spare:
+            plain.append(buf)
+        else:
+            self.stats.dropped += 1
+            return
+        self.spare_count += 1
+        self.spare_bytes += buf.nbytes
+        s = self.stats
+        s.peak_spare, s.peak_spare_bytes = max(s.peak_spare, self.spare_count), max(
+            s.peak_spare_bytes, self.spare_bytes)
+
+    def _freed(self, key: int | None, nbytes: int, block: int) -> None:
+        self.stats.live -= 1
+        self.stats.live_bytes -= nbytes
+        if key is not None:
+            self.pinned_ids.discard(key)
+            self.pinned_live[block] -= 1  # the block stays reserved in PyTorch's cache
+
+
+def _torch_pinned(nbytes: int) -> np.ndarray:
+    import torch
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()
+
+
 class WorkerTransport:
     """A worker's side: pre-posted control and evaluation receives, model receives, update and
     evaluation-result sends.
 
-    Update message buffers are recycled once their send has completed; with `pinned`
-    (a CUDA worker) they are page-locked, so a delta is copied from the GPU straight
-    into the message the MPI send reads.
+    Update message and received model buffers come from a `MessagePool`; update messages go
+    back to it once their send has completed. With `pinned` (a CUDA worker) they are
+    page-locked within the pool's bounds, so a delta is copied from the GPU straight into the
+    message the MPI send reads.
     """
 
     def __init__(self, comm: MPI.Comm, pinned: bool = False):
         self.comm = comm
         self.pinned = pinned
+        self.pool = MessagePool(pinned)
         self.ctrl_buf = np.zeros(1, P.CTRL_DTYPE)
         self.ctrl_req = comm.Irecv([self.ctrl_buf, MPI.BYTE], 0, P.TAG_CTRL)
         self.sends: list[tuple[MPI.Request, np.ndarray]] = []
-        self.spare: dict[int, list[np.ndarray]] = {}  # message bytes -> buffers free to reuse
         self.sent = 0
         self.eval_buf = np.zeros(1, P.EVAL_DTYPE)
         self.eval_req = comm.Irecv([self.eval_buf, MPI.BYTE], 0, P.TAG_EVAL)
@@ -391,15 +524,7 @@ class WorkerTransport:
 
     def message(self, n_params: int) -> np.ndarray:
         """An update message buffer for a model of n_params (recycled, or new)."""
-        pool = self.spare.get(P.HEADER_BYTES + 4 * n_params)
-        return pool.pop() if pool else self._buffer(P.HEADER_BYTES + 4 * n_params)
-
-    def _buffer(self, nbytes: int) -> np.ndarray:
-        """New bytes for a message: page-locked on a CUDA worker (fast, async copies)."""
-        if self.pinned:
-            import torch
-            return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()
-        return np.empty(nbytes, np.uint8)
+        return self.pool.take(P.HEADER_BYTES + 4 * n_params)
 
     def poll_ctrl(self):
         """The next control header from the server, or None."""
@@ -420,7 +545,7 @@ class WorkerTransport:
 
     def recv_model(self, n_params: int, tag: int = P.TAG_MODEL) -> np.ndarray:
         """The model vector that follows a MODEL (or EVAL) header, sent right after it."""
-        arr = self._buffer(4 * n_params).view(np.float32)
+        arr = self.pool.take(4 * n_params).view(np.float32)
         req = self.comm.Irecv([arr, MPI.FLOAT], 0, tag)
         backoff = Backoff()
         while not req.Test():
@@ -434,9 +559,7 @@ class WorkerTransport:
             busy = []
             for r, b in self.sends:
                 if r.Test():
-                    pool = self.spare.setdefault(b.size, [])
-                    if len(pool) < 64:
-                        pool.append(b)
+                    self.pool.give(b)
                 else:
                     busy.append((r, b))
             self.sends = busy
