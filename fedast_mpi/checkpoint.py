@@ -29,8 +29,12 @@ from fedast_mpi.schema import CHECKPOINT_SCHEMA
 CHECKPOINT_DIR = "checkpoints"
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: checkpointed on a signal; resume (or requeue) to continue
 HARMLESS = ("run.max_time", "run.log_every", "run.checkpoint.every_seconds",
-            "run.checkpoint.keep", "run.device", "run.out_dir", "run.name", "run.evaluation")
-"""Config keys a resume may change with --force: they alter no result already computed."""
+            "run.checkpoint.keep", "run.out_dir", "run.name", "run.evaluation")
+"""Config keys a resume may change with --force: they alter no result already computed.
+
+Not `run.device`: the device decides the numerics (CPU and GPU kernels differ in their bits)
+and, under `run.batch_requests: 0` (auto), the training group sizes, so a resume on another
+device would not continue the same run."""
 
 
 def checkpoint_paths(run_dir) -> list[Path]:

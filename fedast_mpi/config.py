@@ -270,6 +270,10 @@ class RunConfig(_Section):
     """Simulated time at which the run stops (> 0); null (stored as inf) is unbounded."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where workers train: `auto` picks CUDA when present."""
+    deterministic: bool = True
+    """On CUDA: deterministic cuDNN and PyTorch kernels, no TF32, a fixed cuBLAS workspace
+    (the same bits run after run on the same GPU model and software); false trades that for
+    speed (autotuned cuDNN, TF32). No effect on CPU ranks (`fedast_mpi.devices`)."""
     batch_requests: int = 0
     """Requests of one task trained together with vmap (fedast_mpi.grouping): 0 = auto
     (16 for small models on a GPU, 1 on a CPU, where it doesn't pay), 1 = one at a time,

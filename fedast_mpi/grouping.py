@@ -40,6 +40,9 @@ def group_sizes(batch_requests: int, device_type: str, models: list) -> list[int
     it pays, as measured by `python -m benchmarks batched`: on a GPU, models that vmap
     handles natively and that are small enough to leave the device idle one at a time;
     on a CPU never (the batched kernels are no faster than a loop there).
+    `device_type` is where the requests train: the workers' device (rank 0 itself only
+    with -n 1), as the ranks decided together (`fedast_mpi.devices.Decision.train_type`),
+    never rank 0's own, which is the CPU when it only aggregates.
     `models` are FlatModels (their module and n_params are read).
     """
     if batch_requests >= 1:

@@ -21,21 +21,44 @@ def configure_threads() -> None:
     torch.set_num_threads(int(os.environ.get("FEDAST_TORCH_THREADS", "1")))
 
 
-def select_device(requested: str, comm):
-    """CPU, or the GPU `local rank % n_gpus` (local rank from a shared-memory split)."""
-    import torch
+def decide_devices(requested: str, comm, *, server_gpu: bool, deterministic: bool = True):
+    """Every rank's device, decided collectively (`fedast_mpi.devices`); returns a Decision.
+
+    Collective on every rank, whatever it will use: a shared-memory split gives each rank
+    its node's ranks, each rank chooses (binding its GPU, before any other CUDA call) or
+    records why it cannot, and the choices are gathered. A disagreement (`auto` finding
+    CUDA on some ranks only, `cuda` where a rank sees none, a CUDA error) raises the same
+    error on every rank, naming the ranks and hosts. Early ranks wait with sleeps.
+    """
     from mpi4py import MPI
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError(f"run.device: 'cuda' requested but rank {comm.rank} on "
-                          f"{socket.gethostname()} sees no CUDA device")
+
+    from fedast_mpi import devices
+    from fedast_mpi.transport import quiet_barrier
+    quiet_barrier(comm)
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    local_rank = local.rank
-    local.Free()
-    device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    torch.cuda.set_device(device)
-    return device
+    try:
+        node_ranks = local.allgather(comm.rank)
+    finally:
+        local.Free()
+    mine = devices.choose(requested, comm.rank, node_ranks, socket.gethostname(),
+                          server_gpu=server_gpu, deterministic=deterministic)
+    quiet_barrier(comm)
+    reports = tuple(comm.allgather(mine))
+    failure = devices.check(reports)
+    if failure is not None:
+        raise failure
+    return devices.Decision(reports, comm.rank)
+
+
+def select_device(requested: str, comm, server_gpu: bool = False):
+    """This rank's torch.device from `decide_devices` (collective: call it on every rank).
+
+    Rank 0 gets the CPU unless `server_gpu` or the world is one rank; raises the job's
+    error (the same on every rank) when the ranks disagree.
+    """
+    import torch
+    decision = decide_devices(requested, comm, server_gpu=server_gpu or comm.size == 1)
+    return torch.device(decision.device)
 
 
 def collective_phase(comm, fn):
@@ -125,7 +148,8 @@ def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
                 return emulated.EmulatedRunner(timings, cfg.run.seed)
         from fedast_mpi.runner import TaskRunner
         configure_threads()
-        return TaskRunner(cfg, select_device("cpu" if timings else cfg.run.device, comm))
+        return TaskRunner.for_rank(cfg, decision.device, comm.rank, comm.size,
+                                   evaluation_on_workers(cfg, comm.size))
 
     def open_run_file():  # only once every rank has its data: a failed set-up leaves no file
         if comm.rank != 0:
@@ -139,6 +163,15 @@ def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
         (out_dir / "config.yaml").write_text(text)  # after RunLog refused any existing run
         return log
 
+    from fedast_mpi import emulated
+    requested = "cpu" if os.environ.get(emulated.ENV) else cfg.run.device
+    try:  # first: it binds the GPU and sets CUDA up before anything else touches CUDA
+        decision = decide_devices(requested, comm, deterministic=cfg.run.deterministic,
+                                  server_gpu=comm.size == 1 or cfg.run.evaluation == "server")
+    except FedastError as exc:  # raised alike on every rank
+        if comm.rank == 0:
+            print(error_line(str(exc)), file=sys.stderr, flush=True)
+        return exc.exit_code
     runner, code = collective_phase(comm, build_runner)
     if code:
         return code
@@ -148,7 +181,7 @@ def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
     wall0 = comm.bcast(time.time(), root=0)
     try:
         if comm.rank == 0:
-            return serve(cfg, runner, log, comm, wall0, out_dir, signals, resume)
+            return serve(cfg, runner, log, comm, wall0, out_dir, signals, resume, decision)
         from fedast_mpi.worker import Worker
         return Worker(comm, runner, real).run()
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
@@ -165,8 +198,12 @@ def evaluation_on_workers(cfg, world_size: int) -> bool:
     return mode == "workers" or (mode == "auto" and world_size > 1)
 
 
-def task_models(cfg, runner, executor, world_size: int):
-    """What the server needs of the runner's models and data (`fedast_mpi.server.TaskModels`)."""
+def task_models(cfg, runner, executor, world_size: int, train_device: str | None = None):
+    """What the server needs of the runner's models and data (`fedast_mpi.server.TaskModels`).
+
+    train_device: the device type the requests train on (`Decision.train_type`: the
+    workers', not rank 0's); None: the runner's own.
+    """
     from fedast_mpi.evaluation import WorkerEvaluation
     from fedast_mpi.grouping import group_sizes
     from fedast_mpi.server import TaskModels
@@ -177,12 +214,16 @@ def task_models(cfg, runner, executor, world_size: int):
     return TaskModels(initial=[runner.initial_model(i) for i in range(n_tasks)],
                       evaluate=evaluate, weight_mask=runner.weight_mask,
                       n_samples=runner.n_samples(),
-                      group_sizes=group_sizes(cfg.run.batch_requests, runner.device.type,
-                                              runner.models))
+                      group_sizes=group_sizes(cfg.run.batch_requests,
+                                              train_device or runner.device.type, runner.models))
 
 
-def serve(cfg, runner, log, comm, wall0: float, out_dir: Path, signals, resume) -> int:
+def serve(cfg, runner, log, comm, wall0: float, out_dir: Path, signals, resume,
+          decision=None) -> int:
     """Rank 0: build the executor, run the server, drain the workers, close the run file.
+
+    `decision` (`fedast_mpi.devices.Decision`) gives the training device type and the run
+    file's device attributes.
 
     Returns 0 when done, or EXIT_INTERRUPTED after a signal (checkpoint written first).
     """
@@ -201,7 +242,12 @@ def serve(cfg, runner, log, comm, wall0: float, out_dir: Path, signals, resume) 
         from fedast_mpi.transport import ServerTransport
         executor = ServerTransport(comm, runner.n_params, arrival_order=cfg.run.clock == "real")
     progress = Progress(cfg.run.log_every)
-    models = task_models(cfg, runner, executor, comm.size)
+    train_device = None
+    if decision is not None:
+        from fedast_mpi.devices import torch_version
+        log.set_attrs(**decision.run_attrs(cfg.run.deterministic, torch_version()))
+        train_device = decision.train_type
+    models = task_models(cfg, runner, executor, comm.size, train_device)
     speculate = os.environ.get("FEDAST_SPECULATE", "1") != "0"  # benchmarks: 0 waits instead
     server = Server(cfg, models, executor, log, progress, wall0, fresh=resume is None,
                     speculate=speculate)

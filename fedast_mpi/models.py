@@ -96,8 +96,10 @@ class CharLSTM(nn.Module):
     """Next-character LSTM (PAPER.md §6.2, Shakespeare): 52,720 parameters for 80 classes.
 
     Embedding(n_classes, embed) -> 1-layer LSTM(embed -> hidden, batch_first) -> Linear(hidden ->
-    n_classes) on the last time step. Input: int64 character indices of shape (batch, seq_len);
-    the vocabulary is the label set (LEAF Shakespeare: 80 characters for both).
+    n_classes) on the last time step. Input: character indices of shape (batch, seq_len), of
+    any integer dtype (the data is stored as uint8, `fedast_mpi.data.leaf`; a batch is widened
+    to int64 here, for the embedding); the vocabulary is the label set (LEAF Shakespeare: 80
+    characters for both).
 
     Decision (PAPER.md §6.2 / §8 quirk 9): the authors carry the detached (h, c) state from one
     mini-batch to the next within a local training and across test batches. Here every forward
@@ -113,7 +115,7 @@ class CharLSTM(nn.Module):
         self.fc = nn.Linear(hidden, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(self.embedding(x.long()))  # zero initial (h, c)
+        out, _ = self.lstm(self.embedding(x.long()))  # per batch; zero initial (h, c)
         return self.fc(out[:, -1, :])
 
 

@@ -19,11 +19,25 @@ def _as_tensor(vec, n: int, device: torch.device) -> torch.Tensor:
     return t.to(device)
 
 
+RNN_ALIGN = 64
+"""float32 elements (256 bytes) an RNN's block is aligned to within FlatModel's allocation."""
+
+
 class FlatModel:
     """A torch module whose trainable parameters are views into one flat float32 tensor.
 
     Loading, reading and updating a whole model is then one copy of one tensor. Moving
-    the module (`.to(...)`) after wrapping breaks the views: wrap it where it will live.
+    the module (`.to(...)`) or calling an RNN's `flatten_parameters()` after wrapping breaks
+    the views: wrap it where it will live.
+
+    Recurrent layers (nn.LSTM, nn.GRU, nn.RNN) keep their parameters where cuDNN reads them in
+    place: cuDNN takes an RNN's weights as one buffer starting at the beginning of their
+    storage, in the layer's parameter order (w_ih, w_hh, b_ih, b_hh per layer and direction,
+    which is also their order here), and otherwise copies them into a fresh buffer on every
+    call and warns ("RNN module weights are not part of single contiguous chunk of memory").
+    So each RNN's slice of the flat vector is given its own storage object that starts at the
+    slice (a view of the same memory: `flat` still holds the values), and the first RNN's
+    slice is aligned to RNN_ALIGN elements, as a buffer of cuDNN's own would be.
     """
 
     def __init__(self, module: torch.nn.Module):
@@ -36,15 +50,17 @@ class FlatModel:
             if p.dtype != torch.float32 or p.device != device:
                 raise ValueError("FlatModel needs float32 parameters on one device")
         self.n_params = sum(p.numel() for p in self.params)
-        self.flat = torch.empty(self.n_params, dtype=torch.float32, device=device)
-        off = 0
+        offsets = np.cumsum([0] + [p.numel() for p in self.params]).tolist()
+        blocks = rnn_blocks(module, self.params)
+        pad = -offsets[blocks[0][0]] % RNN_ALIGN if blocks else 0
+        self.flat = torch.empty(pad + self.n_params, dtype=torch.float32, device=device)[pad:]
         with torch.no_grad():
-            for p in self.params:
-                n = p.numel()
-                view = self.flat[off:off + n]
+            for p, off in zip(self.params, offsets):
+                view = self.flat[off:off + p.numel()]
                 view.copy_(p.detach().reshape(-1))
                 p.data = view.view_as(p)
-                off += n
+            for first, stop in blocks:
+                _own_storage(self.flat, self.params[first:stop], offsets[first], offsets[stop])
 
     def load(self, vec) -> None:
         """Copy a flat vector (numpy or tensor, any device) into the parameters."""
@@ -54,6 +70,33 @@ class FlatModel:
     def numpy(self) -> np.ndarray:
         """A float32 numpy copy of the parameters, on the CPU."""
         return self.flat.detach().to("cpu", copy=True).numpy()
+
+
+def rnn_blocks(module: torch.nn.Module, params: list[torch.nn.Parameter]) -> list[tuple[int, int]]:
+    """(first, stop) indices into `params` of each RNN submodule's weights, where they are
+    consecutive there in the RNN's own order (cuDNN's); other RNNs are left out."""
+    index = {id(p): i for i, p in enumerate(params)}
+    blocks = []
+    for m in module.modules():
+        if isinstance(m, torch.nn.RNNBase):
+            at = [index.get(id(w), -1) for w in m._flat_weights]
+            if at and at[0] >= 0 and at == list(range(at[0], at[0] + len(at))):
+                blocks.append((at[0], at[0] + len(at)))
+    return blocks
+
+
+def _own_storage(flat: torch.Tensor, params: list[torch.nn.Parameter], start: int,
+                 stop: int) -> None:
+    """Rebind params (flat[start:stop], consecutive) to views of a storage that begins at
+    flat[start]: the same memory, seen by cuDNN as one buffer of exactly these weights."""
+    size = flat.element_size()
+    begin = (flat.storage_offset() + start) * size
+    storage = flat.untyped_storage()[begin:begin + (stop - start) * size]
+    off = 0
+    for p in params:
+        p.data = torch.empty(0, dtype=flat.dtype, device=flat.device).set_(
+            storage, off, p.shape, p.data.stride())
+        off += p.numel()
 
 
 def flatten(module: torch.nn.Module) -> np.ndarray:

@@ -9,41 +9,97 @@ import numpy as np
 import torch
 
 from fedast_mpi import seeding
-from fedast_mpi.data import TaskData, load_task_data
+from fedast_mpi.data import (Source, TaskData, forget_parsed, load_source, partition,
+                             partition_key, source_key)
 from fedast_mpi.models import build_model
 from fedast_mpi.params import FlatModel
 from fedast_mpi.batched import batchable, local_train_batch
 from fedast_mpi.training import evaluate, evaluate_chunk, local_train
 
 
+def holdings(rank: int, world_size: int, workers_evaluate: bool) -> dict[str, bool]:
+    """What a rank's TaskRunner holds (`train`, `test` keyword arguments), by its role.
+
+    -n 1: everything (rank 0 trains and evaluates in-process). Otherwise rank 0 only
+    aggregates: no training data, and test sets only when it evaluates itself; a worker
+    holds the training data, and the test sets when evaluations run on the workers.
+    """
+    if world_size == 1:
+        return {"train": True, "test": True}
+    if rank == 0:
+        return {"train": False, "test": not workers_evaluate}
+    return {"train": True, "test": workers_evaluate}
+
+
+Placed = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""(train_x, train_y, test_x, test_y) of one source on a rank's device."""
+
+
 class TaskRunner:
-    """Holds every task's data and model on this rank's device and trains requests.
+    """Holds every task's model and the data this rank uses, and trains requests.
 
     Any rank builds the same data, shards and initial models from the config
-    and seed, so any worker can run any request with the same result.
+    and seed, so any worker can run any request with the same result. `train` and
+    `test` say whether the training sets (and the client shards) and the test sets are
+    kept (`holdings`); the models, the clients' sample counts and the test-set sizes
+    always are. Tasks reading the same source (`fedast_mpi.data.source_key`) share one
+    set of tensors on the device, and tasks partitioning it alike one set of shards.
     """
 
-    def __init__(self, cfg, device: torch.device | str = "cpu"):
+    def __init__(self, cfg, device: torch.device | str = "cpu", *, train: bool = True,
+                 test: bool = True):
         self.cfg = cfg
         self.device = torch.device(device)
+        self.trains, self.tests = train, test
         self.data: list[TaskData] = []
         self.models: list[FlatModel] = []
-        n_clients = cfg.clients.count
+        self._n_samples: list[list[int]] = []
+        self._n_test: list[int] = []
+        n_clients, seed = cfg.clients.count, cfg.run.seed
+        sources: dict[str, Source] = {}  # read or drawn once per source
+        placed: dict[str, Placed] = {}  # on the device once per source
+        shards_of: dict[tuple[str, str], tuple[np.ndarray, ...]] = {}  # identical tasks: once
         for index, task in enumerate(cfg.tasks):
-            data = load_task_data(task, n_clients, cfg.run.seed)
-            module = build_model(task.model, task.model_args, data.input_shape, data.n_classes,
+            key = source_key(task, n_clients, seed)
+            if key not in sources:
+                sources[key] = load_source(task, n_clients, seed)
+                placed[key] = self._place(sources[key])
+            source = sources[key]
+            part = (key, partition_key(task))
+            if part not in shards_of:
+                shards_of[part] = partition(task, source, n_clients, seed)
+            shards = shards_of[part]
+            self._n_samples.append([len(s) for s in shards])
+            self._n_test.append(len(source.test_y))
+            self.data.append(TaskData(*placed[key], shards if train else (),
+                                      source.input_shape, source.n_classes))
+            module = build_model(task.model, task.model_args, source.input_shape,
+                                 source.n_classes,
                                  seed=seeding.int_seed(cfg.run.seed, seeding.MODEL_INIT, index))
             if self.device.type != "cpu":
-                data = TaskData(data.train_x.to(self.device), data.train_y.to(self.device),
-                                data.test_x.to(self.device), data.test_y.to(self.device),
-                                data.shards, data.input_shape, data.n_classes)
                 module = module.to(self.device)
-            self.data.append(data)
             self.models.append(FlatModel(module))
+        sources.clear()
+        forget_parsed()  # what is not placed (on a GPU: its host copy too) is freed by return
         self.batchable = [batchable(fm.module) for fm in self.models]
         self.on_step: Callable[[], None] | None = None
         """Called between local SGD steps (a worker serves evaluation chunks there)."""
         self._eval_models: dict[int, FlatModel] = {}
+
+    @classmethod
+    def for_rank(cls, cfg, device: torch.device | str, rank: int, world_size: int,
+                 workers_evaluate: bool) -> TaskRunner:
+        """The runner of `rank`, holding what its role uses (`holdings`)."""
+        return cls(cfg, device, **holdings(rank, world_size, workers_evaluate))
+
+    def _place(self, source: Source) -> Placed:
+        """(train_x, train_y, test_x, test_y) of a source on the device; a part not held is
+        an empty tensor of its dtype and sample shape."""
+        def put(a: np.ndarray, keep: bool) -> torch.Tensor:
+            t = torch.from_numpy(a if keep else np.empty((0, *a.shape[1:]), a.dtype))
+            return t if self.device.type == "cpu" else t.to(self.device)
+        return (put(source.train_x, self.trains), put(source.train_y, self.trains),
+                put(source.test_x, self.tests), put(source.test_y, self.tests))
 
     @property
     def n_params(self) -> list[int]:
@@ -63,7 +119,7 @@ class TaskRunner:
               out: np.ndarray | None = None):
         """One request: tau local SGD steps of `client` on `task` from `model`."""
         cfg = self.cfg.tasks[task]
-        data = self.data[task]
+        data = self._train_data(task)
         return local_train(self.models[task], model, data.train_x, data.train_y,
                            data.shards[client], steps=cfg.local_steps,
                            batch_size=cfg.batch_size, lr=cfg.local_lr,
@@ -81,7 +137,7 @@ class TaskRunner:
             outs = outs or [None] * len(items)
             return [self.train(task, c, m, s, o) for (c, m, s), o in zip(items, outs)]
         cfg = self.cfg.tasks[task]
-        data = self.data[task]
+        data = self._train_data(task)
         return local_train_batch(self.models[task], [m for _, m, _ in items], data.train_x,
                                  data.train_y, [data.shards[c] for c, _, _ in items],
                                  [s for _, _, s in items], steps=cfg.local_steps,
@@ -91,11 +147,12 @@ class TaskRunner:
 
     def evaluate(self, task: int, model: np.ndarray) -> tuple[float, float]:
         """(accuracy, mean loss) of `model` on the task's test set."""
-        data = self.data[task]
+        data = self._test_data(task)
         return evaluate(self.models[task], model, data.test_x, data.test_y)
 
     def n_test(self, task: int) -> int:
-        return len(self.data[task].test_y)
+        """Test samples of the task (held or not)."""
+        return self._n_test[task]
 
     def evaluate_chunk(self, task: int, model, chunk: int) -> tuple[float, float]:
         """(correct, summed loss) of one test chunk, on a copy of the task's module: a
@@ -103,7 +160,7 @@ class TaskRunner:
         fm = self._eval_models.get(task)
         if fm is None:
             fm = self._eval_models[task] = FlatModel(copy.deepcopy(self.models[task].module))
-        data = self.data[task]
+        data = self._test_data(task)
         return evaluate_chunk(fm, model, data.test_x, data.test_y, chunk)
 
     def weight_mask(self, task: int) -> np.ndarray:
@@ -114,5 +171,14 @@ class TaskRunner:
 
     def n_samples(self) -> np.ndarray:
         """Samples per client and task (clients × tasks), for the run file."""
-        return np.array([[len(d.shards[c]) for d in self.data]
-                         for c in range(self.cfg.clients.count)], np.int32)
+        return np.array(self._n_samples, np.int32).T.copy()
+
+    def _train_data(self, task: int) -> TaskData:
+        if not self.trains:
+            raise RuntimeError("this TaskRunner holds no training data (built with train=False)")
+        return self.data[task]
+
+    def _test_data(self, task: int) -> TaskData:
+        if not self.tests:
+            raise RuntimeError("this TaskRunner holds no test sets (built with test=False)")
+        return self.data[task]

@@ -80,12 +80,16 @@ def local_train(fm: FlatModel, base: np.ndarray, x: torch.Tensor, y: torch.Tenso
 def write_delta(delta: torch.Tensor, out: np.ndarray | None) -> np.ndarray:
     """A delta tensor (any device) as a CPU float32 array: into `out` when given.
 
-    The copy into `out` is queued without waiting (pinned memory on a GPU); the caller's
-    next read of a device value (the loss) is the one synchronisation per request.
+    From a GPU the copy into `out` (pinned memory) is queued without blocking, then the
+    current stream is synchronised, so `out` holds the delta when this returns, whatever the
+    caller does next (with steps == 0 nothing else reads a device value). On the CPU the copy
+    is synchronous.
     """
     if out is None:
         return delta.to("cpu").numpy()
     torch.from_numpy(out).copy_(delta, non_blocking=True)
+    if delta.device.type == "cuda":
+        torch.cuda.current_stream(delta.device).synchronize()
     return out
 
 

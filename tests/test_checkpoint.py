@@ -16,7 +16,7 @@ from fedast_mpi.clients import ClientPool, DelayModel
 from fedast_mpi.errors import CheckpointError
 from fedast_mpi.h5tree import read_tree, write_tree
 
-SHORT = ["--set", "run.log_every=0", "--set", "run.max_time=200"]
+SHORT = ["--set", "run.log_every=0", "--set", "run.max_time=200", "--set", "run.device=cpu"]
 
 
 @pytest.fixture(autouse=True)
@@ -141,6 +141,12 @@ def test_resume_refuses_changed_config_and_accepts_harmless_with_force(tmp_path,
     assert main(["resume", str(out), "--set", "tasks.0.local_lr=0.5"]) == 3
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedast-mpi: error:") and "tasks.0.local_lr" in err and "\n" not in err
+    for device in ("auto", "cuda"):  # the device sets the bits and, under auto, the group sizes
+        assert main(["resume", str(out), "--set", f"run.device={device}", "--force"]) == 3
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("fedast-mpi: error:") and "\n" not in err
+        assert "differs from the checkpoint's in run.device;" in err
+        assert "run.device" not in err.split("can only change")[1]
     assert main(["resume", str(out), "--set", "run.max_time=150"]) == 3
     assert "--force" in capsys.readouterr().err
     assert main(["resume", str(out), "--set", "run.max_time=150", "--force"]) == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import MPIEXEC, launch
+from conftest import MPIEXEC, cpu_pinned, launch
 from fedast_mpi import emulated
 from fedast_mpi.config import load_config
 from fedast_mpi.runner import TaskRunner
@@ -33,8 +33,8 @@ def calibration(tmp_path_factory):
 @pytest.mark.launch
 @pytest.mark.parametrize("evaluation", ["workers", "server"])
 def test_emulated_workers_run_without_torch(tmp_path, calibration, evaluation):
-    args = ["run", "--out", str(tmp_path / "run"), "--set", "run.max_time=60",
-            "--set", "run.log_every=0", "--set", f"run.evaluation={evaluation}"]
+    args = cpu_pinned(["run", "--out", str(tmp_path / "run"), "--set", "run.max_time=60",
+                       "--set", "run.log_every=0", "--set", f"run.evaluation={evaluation}"])
     cmd = [MPIEXEC, "-n", "1", sys.executable, "-m", "fedast_mpi", *args,
            ":", "-n", "2", sys.executable, HELPER, *args]
     env = {**os.environ, emulated.ENV: str(calibration), "PYTHONUNBUFFERED": "1"}

@@ -94,7 +94,8 @@ def test_bad_config_exits_2_with_one_line(tmp_path):
     (["--set", "run.device=cuda"], "run.device"),  # found during the collective set-up
 ])
 def test_bad_overrides_exit_2(tmp_path, args, needle):
-    res = launch(2, "run", *args, "--out", str(tmp_path / "run"))
+    # run.device=cuda is an error on ranks that see no CUDA device: hide it on a GPU machine
+    res = launch(2, "run", *args, "--out", str(tmp_path / "run"), env={"CUDA_VISIBLE_DEVICES": ""})
     assert res.rc == 2, res.stderr
     assert len(res.error_lines()) == 1 and needle in res.stderr
     assert res.stderr.strip() == res.error_lines()[0]
@@ -171,11 +172,11 @@ def test_run_file_readable_by_h5dump_while_written(tmp_path):
         pytest.skip("h5dump not installed (Debian hdf5-tools)")
     import os
     import sys
-    from conftest import MPIEXEC
+    from conftest import MPIEXEC, cpu_pinned
     out = tmp_path / "live"
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "fedast_mpi", "run", "--out", str(out),
-           "--set", "run.log_every=0", "--set", "run.clock=real", "--set", "run.time_scale=0.02",
-           "--set", "run.max_time=250"]
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "fedast_mpi", *cpu_pinned([
+           "run", "--out", str(out), "--set", "run.log_every=0", "--set", "run.clock=real",
+           "--set", "run.time_scale=0.02", "--set", "run.max_time=250"])]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         seen_live = False

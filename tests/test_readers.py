@@ -267,7 +267,7 @@ def test_shakespeare_encoding_round_trip(tmp_path):
     train, test = write_shakespeare(tmp_path)
     d = load_task_data(task("shakespeare", tmp_path, kind="natural"), 5, 0)
     assert d.train_x.shape == (20, 80) and d.test_x.shape == (7, 80) and d.train_y.shape == (20,)
-    assert str(d.train_x.dtype) == "torch.int64" and str(d.train_y.dtype) == "torch.int64"
+    assert str(d.train_x.dtype) == "torch.uint8" and str(d.train_y.dtype) == "torch.int64"
     assert d.input_shape == (80,) and d.n_classes == 80
     assert 0 <= d.train_x.min() and d.train_x.max() < 80 and d.train_y.max() < 80
     rows = [r for rows in user_rows(train).values() for r in rows]

@@ -11,7 +11,7 @@ import time
 import h5py
 import pytest
 
-from conftest import MPIEXEC, launch
+from conftest import MPIEXEC, cpu_pinned, launch
 from fedast_mpi.checkpoint import CHECKPOINT_DIR, checkpoint_paths, read_checkpoint
 from fedast_mpi.errors import CheckpointError
 from test_checkpoint import assert_same_run
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.launch
 
 
 def start(n, out, *extra, env=None):
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "fedast_mpi", "run", "--out", str(out),
-           "--set", "run.log_every=0", *extra]
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "fedast_mpi",
+           *cpu_pinned(["run", "--out", str(out), "--set", "run.log_every=0", *extra])]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})}, start_new_session=True)
 
@@ -71,8 +71,8 @@ def test_sigkill_mid_write_never_leaves_a_bad_checkpoint(default_runs, tmp_path)
                      "--set", "run.checkpoint.keep=4") if attempt == 0 else None
         if proc is None:
             proc = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "fedast_mpi",
-                                     "resume", str(out), "--force", "--set",
-                                     "run.checkpoint.every_seconds=0.01"],
+                                     *cpu_pinned(["resume", str(out), "--force", "--set",
+                                                  "run.checkpoint.every_seconds=0.01"])],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     start_new_session=True)
         deadline = time.monotonic() + 60

@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import CPU_PIN
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -201,7 +202,7 @@ def test_default_job_completes(slurm_cluster, tmp_path, template, shape):
     """
     log = tmp_path / "job-%j.out"
     job = sbatch(*JOB_OPTS, *shape, "--job-name=fedast-t", f"--output={log}", str(SLURM / template),
-                 "--set", "run.log_every=0", cwd=tmp_path, env=job_env())
+                 "--set", "run.log_every=0", *CPU_PIN, cwd=tmp_path, env=job_env())
     logs = [tmp_path / f"job-{job}.out"]
     (rec,) = wait_job(job, 300, logs)
     text = read_logs(logs)
@@ -222,7 +223,7 @@ def test_default_job_completes(slurm_cluster, tmp_path, template, shape):
 # wait_job's 600 s.
 LONG = ["--set", "run.max_time=3000", "--set", "tasks.0.target_accuracy=1.0",
         "--set", "tasks.1.target_accuracy=1.0", "--set", "tasks.2.target_accuracy=1.0",
-        "--set", "run.checkpoint.every_seconds=20", "--set", "run.log_every=10"]
+        "--set", "run.checkpoint.every_seconds=20", "--set", "run.log_every=10", *CPU_PIN]
 
 
 @pytest.mark.timeout(900)
@@ -284,7 +285,8 @@ def test_sweep_array(slurm_cluster, tmp_path):
         FEDAST_SUMMARY_ARGS=f"--output={tmp_path}/%x-%j.out",
     )
     res = _sh(str(SLURM / "submit-sweep.sh"), str(REPO / "configs" / "compare-embedded.yaml"),
-              "fedast,sync", "1", str(out), "--set", "run.max_time=300", cwd=tmp_path, env=env)
+              "fedast,sync", "1", str(out), "--set", "run.max_time=300", *CPU_PIN, cwd=tmp_path,
+              env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "--array=0-1" in res.stdout, res.stdout
     array_id, summary_id = res.stdout.strip().splitlines()[-1].split()

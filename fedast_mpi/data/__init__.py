@@ -3,6 +3,7 @@
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,50 +48,138 @@ def stream_key(**fields) -> int:
     return seeding.name_key(json.dumps(_canon(fields), sort_keys=True, separators=(",", ":")))
 
 
-def load_task_data(task, n_clients: int, seed: int) -> TaskData:
-    """Load (or generate) a task's dataset and partition it into n_clients shards,
-    deterministically.
+@dataclass(frozen=True, eq=False)
+class Source:
+    """A task's dataset as read or generated, before partitioning (numpy arrays, read-only).
+
+    Every task with the same `key` gets identical arrays, so a process may hold them once
+    for all those tasks (`fedast_mpi.runner` shares its device tensors by this key).
+    """
+
+    key: str
+    """What defines the arrays: dataset, its args, data_dir and, when generated, the seed."""
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    input_shape: tuple[int, ...]
+    n_classes: int
+    users: tuple[tuple[str, int, int], ...] | None
+    """LEAF users (name, start, stop) of the train rows, for the natural partition."""
+
+
+def _check_task(task) -> tuple[str, dict, Any]:
+    """(dataset, merged args, partition) of a task, or a ConfigError for what cannot load."""
+    name, part = task.dataset, task.partition
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
+    if part.kind not in DATASETS[name].partitions:
+        raise ConfigError(f"dataset {name!r} does not support partition {part.kind!r}")
+    if not DATASETS[name].embedded and part.kind == "natural" \
+            and part.samples_per_client is not None:
+        raise ConfigError(f"dataset {name!r}: partition 'natural' gives each client its "
+                          f"LEAF user's samples; samples_per_client must be null, "
+                          f"got {part.samples_per_client}")
+    return name, {**DATASETS[name].args, **dict(task.dataset_args)}, part
+
+
+def _generated(name: str) -> bool:
+    """Whether the dataset is drawn per run (from the seed and the clients), not read."""
+    return DATASETS[name].embedded and name != "digits"
+
+
+def _spc(task) -> int | None:
+    """Samples per client of the partition; a generated dataset's default when unset."""
+    spc = task.partition.samples_per_client
+    if spc is None and _generated(task.dataset):
+        return SYNTHETIC_DEFAULT_SAMPLES
+    return spc
+
+
+def source_key(task, n_clients: int, seed: int) -> str:
+    """The fields that decide a task's loaded arrays, as canonical JSON (no name, no partition
+    beyond what generation uses)."""
+    name, args, _ = _check_task(task)
+    fields: dict = {"dataset": name, "args": _canon(args)}
+    if not DATASETS[name].embedded:
+        fields["data_dir"] = str(_data_dir(name, task).resolve())
+    elif _generated(name):  # the draw depends on the clients and the seed too (exact ints)
+        fields.update(n_clients=int(n_clients), samples_per_client=int(_spc(task) or 0),
+                      seed=int(seed))
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def partition_key(task) -> str:
+    """The partition settings that, with the source, the clients and the seed, decide a task's
+    shards (canonical as the partition stream's key: tasks with equal keys get equal shards)."""
+    part = task.partition
+    return json.dumps(_canon({"kind": part.kind, "alpha": part.alpha,
+                              "samples_per_client": part.samples_per_client}),
+                      sort_keys=True, separators=(",", ":"))
+
+
+def load_source(task, n_clients: int, seed: int) -> Source:
+    """Read (or generate) a task's dataset, deterministically; not yet partitioned."""
+    name, args, _ = _check_task(task)
+    key = source_key(task, n_clients, seed)
+    users = None
+    if not DATASETS[name].embedded:
+        tx, ty, vx, vy, input_shape, n_classes, users = _read_files(name, task)
+    elif name == "digits":
+        tx, ty, vx, vy = digits.load(args["test_fraction"])
+        input_shape, n_classes = digits.INPUT_SHAPE, digits.N_CLASSES
+    else:
+        gen_spc = _spc(task)
+        assert gen_spc is not None  # a generated dataset's default
+        stream = stream_key(dataset=name, args=args, n_clients=n_clients,
+                            samples_per_client=gen_spc)
+        tx, ty, vx, vy = synthetic.generate(args, n_clients, gen_spc,
+                                            seeding.generator(seed, seeding.DATASET, stream))
+        input_shape, n_classes = (int(args["dim"]),), int(args["classes"])
+    return Source(key, tx, ty, vx, vy, tuple(input_shape), n_classes, users)
+
+
+def partition(task, source: Source, n_clients: int, seed: int) -> tuple[np.ndarray, ...]:
+    """The task's client shards of `source` (index arrays into its training set).
 
     The partition stream is keyed by the dataset, its args and the partition settings only,
     so identical tasks of a run, and runs of different algorithms with the same seed, get
     identical shards.
     """
-    name, args, part = task.dataset, dict(task.dataset_args), task.partition
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
-    if part.kind not in DATASETS[name].partitions:
-        raise ConfigError(f"dataset {name!r} does not support partition {part.kind!r}")
-    args = {**DATASETS[name].args, **args}
-    spc = part.samples_per_client
-    users = None
-    if not DATASETS[name].embedded:
-        tx, ty, vx, vy, input_shape, n_classes, users = _read_files(name, task)
-        if part.kind == "natural" and spc is not None:
-            raise ConfigError(f"dataset {name!r}: partition 'natural' gives each client its "
-                              f"LEAF user's samples; samples_per_client must be null, got {spc}")
-    elif name == "digits":
-        tx, ty, vx, vy = digits.load(args["test_fraction"])
-        input_shape, n_classes = digits.INPUT_SHAPE, digits.N_CLASSES
-    else:
-        gen_spc = spc if spc is not None else SYNTHETIC_DEFAULT_SAMPLES
-        key = stream_key(dataset=name, args=args, n_clients=n_clients, samples_per_client=gen_spc)
-        tx, ty, vx, vy = synthetic.generate(args, n_clients, gen_spc,
-                                            seeding.generator(seed, seeding.DATASET, key))
-        input_shape, n_classes = (int(args["dim"]),), int(args["classes"])
-        spc = gen_spc
+    name, args, part = _check_task(task)
     rng = seeding.generator(seed, seeding.PARTITION, stream_key(
         dataset=name, args=args, kind=part.kind, alpha=part.alpha,
         samples_per_client=part.samples_per_client))
-    if part.kind == "natural" and users is not None:
-        shards = leaf.natural_partition(users, n_clients, rng)
-    elif part.kind == "natural":
+    if part.kind == "natural" and source.users is not None:
+        shards = leaf.natural_partition(source.users, n_clients, rng)
+    elif part.kind == "natural":  # generated: client k's samples are rows k*spc..(k+1)*spc-1
+        spc = _spc(task)
+        assert spc is not None  # natural without LEAF users: a generated dataset
         shards = [np.arange(k * spc, (k + 1) * spc, dtype=np.int64) for k in range(n_clients)]
     elif part.kind == "iid":
-        shards = iid_partition(len(ty), n_clients, spc, rng)
+        shards = iid_partition(len(source.train_y), n_clients, _spc(task), rng)
     else:
-        shards = dirichlet_partition(ty, n_clients, part.alpha, spc, rng)
-    return TaskData(torch.from_numpy(tx), torch.from_numpy(ty), torch.from_numpy(vx),
-                    torch.from_numpy(vy), tuple(shards), tuple(input_shape), n_classes)
+        shards = dirichlet_partition(source.train_y, n_clients, part.alpha, _spc(task), rng)
+    return tuple(shards)
+
+
+def load_task_data(task, n_clients: int, seed: int) -> TaskData:
+    """Load (or generate) a task's dataset and partition it into n_clients shards,
+    deterministically (CPU tensors sharing the source's memory)."""
+    s = load_source(task, n_clients, seed)
+    return TaskData(torch.from_numpy(s.train_x), torch.from_numpy(s.train_y),
+                    torch.from_numpy(s.test_x), torch.from_numpy(s.test_y),
+                    partition(task, s, n_clients, seed), s.input_shape, s.n_classes)
+
+
+def forget_parsed() -> None:
+    """Drop the file readers' parsed arrays (kept per process for the tasks that share them).
+
+    Once a process has placed what it uses, what it placed lives on in its tensors and the
+    rest (training images on rank 0, host copies of data on a GPU) is freed.
+    """
+    for reader in (idx, cifar, leaf):
+        reader.forget()
 
 
 def _data_dir(name: str, task) -> Path:

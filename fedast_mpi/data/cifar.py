@@ -128,6 +128,11 @@ def _load_cached(name: str, folder: Path,
     return train_x, train_y, test_x, test_y
 
 
+def forget() -> None:
+    """Drop the parsed arrays kept for the next load (`fedast_mpi.data.forget_parsed`)."""
+    _load_cached.cache_clear()
+
+
 def load(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train_x, train_y, test_x, test_y) of 'cifar10' or 'cifar100': x float32 (n, 3, 32, 32),
     y int64.

@@ -130,6 +130,11 @@ def _normalise(img: np.ndarray) -> np.ndarray:
     return x
 
 
+def forget() -> None:
+    """Drop the parsed arrays kept for the next load (`fedast_mpi.data.forget_parsed`)."""
+    _load_cached.cache_clear()
+
+
 def load(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train_x, train_y, test_x, test_y) of 'mnist' or 'fmnist': x float32 (n, 1, 28, 28), y int64.
 
