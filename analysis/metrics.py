@@ -7,7 +7,9 @@ attribute), the time to completion is the largest of them (inf if a task never r
 target), and the gain of a reference algorithm over a baseline is (T_baseline − T_reference) /
 T_baseline on the time to completion of the same seed, reported as mean and sample standard
 deviation (ddof=1) over seeds. A run that never reaches its target is left out of the mean and
-counted ("n not reached"); where only the baseline missed, the gain has a lower bound.
+counted ("n not reached"); where only the baseline missed, the gain has a lower bound. A run
+that diverged (a non-finite update) is a result too: the tables name it ("diverged at t=…") and
+compute means and gains over the seeds that did not diverge.
 """
 
 from __future__ import annotations
@@ -126,18 +128,68 @@ def group_runs(runs: Iterable[Run]) -> dict[str, dict[int, Run]]:
     return {a: dict(sorted(s.items())) for a, s in groups.items()}
 
 
+DIVERGED_MARK = "non-finite update"
+"""What the stop reason of a run that diverged says (`fedast_mpi.errors.Diverged`)."""
+
+
+def is_diverged(run: Run) -> bool:
+    """The run stopped on a non-finite update: status `diverged` (or, from launchers that
+    mark it `failed`, a stop reason naming the non-finite update)."""
+    return run.status == "diverged" or (
+        run.status == "failed" and DIVERGED_MARK in str(run.attrs.get("stop_reason", "")))
+
+
 @dataclass
 class RunTimes:
-    """Times of one run: per task time to target, completion."""
+    """Times of one run: per task time to target, completion; `diverged` when it stopped on a
+    non-finite update (at `run.end_time`)."""
 
     run: Run
     tasks: dict[str, float]
     completion: float
+    diverged: bool = False
 
 
 def run_times(run: Run) -> RunTimes:
     times = task_times(run)
-    return RunTimes(run, times, completion(times.values()))
+    return RunTimes(run, times, completion(times.values()), is_diverged(run))
+
+
+def completed(by_seed: dict[int, RunTimes]) -> dict[int, RunTimes]:
+    """The seeds whose run did not diverge (means and gains are computed over these)."""
+    return {s: rt for s, rt in by_seed.items() if not rt.diverged}
+
+
+def diverged_note(by_seed: dict[int, RunTimes]) -> str:
+    """'seed 1 diverged at t=123.4; ...' for the diverged runs, '' when none diverged."""
+    return "; ".join(f"seed {s} diverged at t={rt.run.end_time:.1f}"
+                     for s, rt in by_seed.items() if rt.diverged)
+
+
+def stat_cell(by_seed: dict[int, RunTimes], task: str | None = None,
+              note: bool = False) -> str:
+    """A table cell: mean ± std of `task`'s time to target (or of the completion) over the
+    seeds that did not diverge; 'diverged at t=…' when every seed diverged; with `note`, the
+    diverged seeds named after the figure."""
+    kept = completed(by_seed)
+    if not kept and by_seed:
+        return "; ".join(f"diverged at t={rt.run.end_time:.1f}" for rt in by_seed.values())
+    text = Stat.of([rt.completion if task is None else rt.tasks.get(task, math.inf)
+                    for rt in kept.values()]).format()
+    extra = diverged_note(by_seed) if note else ""
+    return f"{text} ({extra})" if extra else text
+
+
+def gain_cell(reference: dict[int, RunTimes], baseline: dict[int, RunTimes],
+              task: str | None = None) -> str:
+    """`format_gain` of the seeds where neither run diverged; the left-out seeds counted."""
+    ref, base = completed(reference), completed(baseline)
+    left = sorted((set(reference) & set(baseline)) - (set(ref) & set(base)))
+    text = format_gain(*paired_gains(ref, base, task))
+    if left:
+        text += (f" (seed{'s' if len(left) != 1 else ''} {', '.join(map(str, left))} "
+                 f"left out: diverged)")
+    return text
 
 
 def paired_gains(reference: dict[int, RunTimes], baseline: dict[int, RunTimes],

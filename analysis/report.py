@@ -103,7 +103,8 @@ def markdown(rep: dict, figure_files: Sequence[Path] = ()) -> str:
              "Simulated time. Time to target: first evaluation with accuracy ≥ the task's "
              "target; completion: the last task's time to target. Mean ± sample std (ddof=1) "
              "over seeds. Gain of the reference on the time to completion, per seed: "
-             "(T_baseline − T_reference) / T_baseline (PAPER.md §5.6).", ""]
+             "(T_baseline − T_reference) / T_baseline (PAPER.md §5.6). A run that diverged "
+             "(non-finite update) is named with its time and left out of means and gains.", ""]
     # main table
     header = ["algorithm", "seeds", *[f"{t}: time to target" for t in tasks], "completion",
               f"gain of {ref}"]
@@ -111,13 +112,12 @@ def markdown(rep: dict, figure_files: Sequence[Path] = ()) -> str:
     for algorithm, by_seed in times.items():
         cells = [algorithm, ", ".join(str(s) for s in by_seed)]
         for task in tasks:
-            cells.append(metrics.Stat.of([rt.tasks.get(task, math.inf)
-                                          for rt in by_seed.values()]).format())
-        cells.append(metrics.Stat.of([rt.completion for rt in by_seed.values()]).format())
+            cells.append(metrics.stat_cell(by_seed, task))
+        cells.append(metrics.stat_cell(by_seed, note=True))
         if algorithm == ref:
             cells.append("(reference)")
         elif algorithm in baselines:
-            cells.append(metrics.format_gain(*metrics.paired_gains(times[ref], by_seed)))
+            cells.append(metrics.gain_cell(times[ref], by_seed))
         else:
             cells.append("—")
         lines.append("| " + " | ".join(cells) + " |")
@@ -130,8 +130,8 @@ def markdown(rep: dict, figure_files: Sequence[Path] = ()) -> str:
         for b in baselines:
             cells = [b]
             for task in tasks:
-                cells.append(metrics.format_gain(*metrics.paired_gains(times[ref], times[b], task)))
-            cells.append(metrics.format_gain(*metrics.paired_gains(times[ref], times[b])))
+                cells.append(metrics.gain_cell(times[ref], times[b], task))
+            cells.append(metrics.gain_cell(times[ref], times[b]))
             lines.append("| " + " | ".join(cells) + " |")
     # runs
     lines += ["", "## Runs", "",
@@ -144,7 +144,8 @@ def markdown(rep: dict, figure_files: Sequence[Path] = ()) -> str:
             cells = [algorithm, str(seed), run.clock, run.status,
                      str(run.attrs.get("stop_reason", "")), f"{run.end_time:.1f}",
                      *[_fmt_time(rt.tasks[t]) if t in rt.tasks else "—" for t in tasks],
-                     _fmt_time(rt.completion), f"`{run.path}`"]
+                     (f"diverged at t={run.end_time:.1f}" if rt.diverged
+                      else _fmt_time(rt.completion)), f"`{run.path}`"]
             lines.append("| " + " | ".join(cells) + " |")
     if rep["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in rep["warnings"]]

@@ -59,6 +59,7 @@ class TaskRun:
     reached_time: float  # the attribute; NaN if not reached (yet)
     eval: np.ndarray
     has_final_model: bool
+    attrs: dict = field(default_factory=dict)  # every attribute of the group, decoded
 
 
 @dataclass
@@ -120,6 +121,28 @@ class Run:
 
     def label(self) -> str:
         return f"{self.algorithm} seed {self.seed}"
+
+    @property
+    def evals(self) -> dict[str, np.ndarray]:
+        """{task name: its eval table (EVAL_DTYPE rows)}, in task index order."""
+        return {t.name: t.eval for t in self.tasks}
+
+    @property
+    def task_attrs(self) -> dict[str, dict]:
+        """{task name: every attribute of its `/tasks/<name>` group}, in task index order."""
+        return {t.name: dict(t.attrs) for t in self.tasks}
+
+    def frames(self) -> dict:
+        """The run's tables as pandas DataFrames (`analysis.frames.run_frames`): events,
+        aggregations, allocation, evals (every task's, long), tasks, clients. Needs pandas
+        (`pip install 'fedast-mpi[pandas]'`); ImportError saying so otherwise."""
+        from .frames import run_frames
+        return run_frames(self)
+
+    def frame(self, name: str):
+        """One of `frames()` (only that one built)."""
+        from .frames import run_frame
+        return run_frame(self, name)
 
 
 def run_file_path(path) -> Path:
@@ -187,6 +210,7 @@ def _read(f: h5py.File, path: Path) -> Run:
                 reached_time=float(ga.get("reached_time", math.nan)),
                 eval=_table(g, schema.EVAL, schema.EVAL_DTYPE),
                 has_final_model=schema.FINAL_MODEL in g,
+                attrs={k: _scalar(v) for k, v in ga.items()},
             ))
     tasks.sort(key=lambda t: t.index)
     clients = {}

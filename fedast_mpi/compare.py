@@ -87,10 +87,9 @@ def summarize(times: dict[str, dict[int, Any]],
     for algorithm, by_seed in times.items():
         cells = [algorithm]
         for task in tasks:
-            cells.append(metrics.Stat.of([rt.tasks[task] for rt in by_seed.values()]).format())
-        cells.append(metrics.Stat.of([rt.completion for rt in by_seed.values()]).format())
-        cells.append("—" if algorithm == ref else
-                     metrics.format_gain(*metrics.paired_gains(times[ref], by_seed)))
+            cells.append(metrics.stat_cell(by_seed, task))
+        cells.append(metrics.stat_cell(by_seed, note=True))
+        cells.append("—" if algorithm == ref else metrics.gain_cell(times[ref], by_seed))
         rows.append(cells)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -102,6 +101,9 @@ def run_compare(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Pat
     """Run every (algorithm, seed) with all ranks, one after another; rank 0 prints the table.
 
     `only` runs just that entry of the plan (a job-array task) and prints no table.
+    A run that diverges (a non-finite update, run-file status `diverged`) is a result: the
+    comparison goes on and its table names it. Returns 0 when every run completed or diverged,
+    else the failed run's exit code (the comparison stops at that run).
     """
     from fedast_mpi.launch import run_job
     runs = plan(cfg, algorithms, seeds, overrides)
@@ -112,12 +114,27 @@ def run_compare(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Pat
             continue
         if comm.rank == 0:
             print(f"== {algorithm}, seed {seed} ==", flush=True)
-        code = run_job(run_cfg, out_dir / run_name(algorithm, seed), comm)
-        if code:
+        run_dir = out_dir / run_name(algorithm, seed)
+        code = run_job(run_cfg, run_dir, comm)
+        if code and not comm.bcast(comm.rank == 0 and diverged(run_dir), root=0):
             return code
+        if code and comm.rank == 0:
+            print(f"== {algorithm}, seed {seed}: diverged; the comparison goes on ==",
+                  flush=True)
     if comm.rank == 0 and only is None:
         write_summary(cfg, algorithms, seeds, out_dir, overrides)
     return 0
+
+
+def diverged(run_dir: Path) -> bool:
+    """Did the run in `run_dir` stop on a non-finite update? (rank 0; reads its run file)"""
+    from analysis import metrics
+    from analysis.runs import load_run
+    from fedast_mpi.schema import RUN_FILE
+    try:
+        return metrics.is_diverged(load_run(run_dir / RUN_FILE))
+    except Exception:  # noqa: BLE001 - no readable run file: a failure, not a divergence
+        return False
 
 
 def write_summary(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Path,
@@ -136,7 +153,8 @@ def write_summary(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: P
         times.setdefault(algorithm, {})[seed] = metrics.run_times(load_run(path))
     table, rows = summarize(times)
     text = (f"# Comparison: {', '.join(algorithms)}; {seeds} seed(s) from {cfg.run.seed}\n\n"
-            f"Simulated time, mean ± sample std over the seeds that reached the target; "
+            f"Simulated time, mean ± sample std over the seeds that reached the target "
+            f"(a diverged run is named with its time and left out of means and gains); "
             f"gain = (T_baseline − T_fedast) / T_baseline on the time to completion "
             f"(`fedast-mpi report` gives the full analysis).\n\n{table}\n")
     (out_dir / "compare.md").write_text(text)

@@ -2,7 +2,10 @@
 
 Every section checks itself at construction; a bad key or value raises
 `ConfigError` with a one-line message that starts with the dotted key, e.g.
-``tasks.1.buffer_size: 50 exceeds tasks.1.requests (20)``.
+``tasks.1.buffer_size: 50 exceeds tasks.1.requests (20)``. Every number is finite and
+within the documented `Limits` of its key (the seed within 32 bits, rates within float32),
+so a config that validates runs as written. YAML is read with `UniqueKeyLoader`, which
+refuses a key given twice instead of keeping the last.
 
 Loading resolves derived values (per-task requests from `algorithm.total_requests`,
 buffer sizes from `algorithm.r_to_b`, dataset and model argument defaults), so the
@@ -171,14 +174,17 @@ def _build(cls: type, data: Mapping[str, Any]) -> Any:
     return cls(**data)
 
 
-def _arg_value(key: str, value: Any, default: Any) -> Any:
-    """`value` checked against the type of a catalog default (lists element-wise)."""
+def _arg_value(key: str, value: Any, default: Any, limits: "Limits") -> Any:
+    """`value` checked against the type of a catalog default (lists element-wise); a float
+    also against `limits`."""
     if isinstance(default, bool):
         return _coerce(key, value, bool, {})
     if isinstance(default, int):
         return _as_int(key, value)
     if isinstance(default, float):
-        return _as_float(key, value)
+        number = _as_float(key, value)
+        limits.check(key, number)
+        return number
     if isinstance(default, str):
         return _as_str(key, value)
     if isinstance(default, (list, tuple)):
@@ -186,21 +192,96 @@ def _arg_value(key: str, value: Any, default: Any) -> Any:
             _fail(key, f"expected a list, got {_show(value)}")
         if not default:
             return tuple(value)
-        return tuple(_arg_value(f"{key}.{i}", v, default[0]) for i, v in enumerate(value))
+        return tuple(_arg_value(f"{key}.{i}", v, default[0], limits)
+                     for i, v in enumerate(value))
     return value
 
 
-def _check_args(key: str, given: Mapping[str, Any],
-                defaults: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Merge `given` over catalog `defaults`, each value of its default's type."""
+def _check_args(key: str, given: Mapping[str, Any], defaults: Mapping[str, Any],
+                owner: str) -> Mapping[str, Any]:
+    """Merge `given` over catalog `defaults` of dataset or model `owner`, each value of its
+    default's type (a float within `_ARG_LIMITS`)."""
     for name in given:
         if name not in defaults:
             known = ", ".join(defaults) if defaults else "none"
             _fail(f"{key}.{name}", f"unknown key (known: {known})")
     return MappingProxyType({
-        name: _arg_value(f"{key}.{name}", given.get(name, default), default)
+        name: _arg_value(f"{key}.{name}", given.get(name, default), default,
+                         _ARG_LIMITS.get(f"{owner}.{name}", _ARG_DEFAULT_LIMITS))
         for name, default in defaults.items()
     })
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The documented values of a numeric key, `low` to `high` inclusive.
+
+    A section's `_check` says what a key means (`local_lr` > 0); its limits (field metadata
+    ``limits``, checked after `_check`) keep every number far from where a consumer would
+    change or refuse it (a float32 model, a 32-bit seed, a wall-clock wait), so a config that
+    validates runs as written. `why` ends the message of a value outside them.
+    """
+
+    low: float
+    high: float
+    why: str
+    low_open: bool = False
+    """True: `low` itself is outside (a rate > 0)."""
+
+    def check(self, key: str, value: float | None) -> None:
+        """Fail naming `key` when a set, finite `value` is outside the limits."""
+        if value is None or (isinstance(value, float) and math.isinf(value)):
+            return  # null, or run.max_time's unbounded (a non-finite value never gets here)
+        above_low = value > self.low if self.low_open else value >= self.low
+        if not (above_low and value <= self.high):
+            _fail(key, f"must be in {'(' if self.low_open else '['}{_bound(self.low)}, "
+                       f"{_bound(self.high)}] ({self.why}), got {_show(value)}")
+
+
+def _bound(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _limits(low: float, high: float, why: str, *, low_open: bool = False,
+            **meta: Any) -> dict[str, Any]:
+    """Field metadata: `Limits(low, high, why, low_open)` plus any other metadata."""
+    return {"limits": Limits(low, high, why, low_open), **meta}
+
+
+SEED_MAX = 2**32 - 1
+"""Largest `run.seed`: `seeding.seed_sequence` keeps its low 32 bits (one SeedSequence entropy
+word), so a larger seed would silently alias a smaller one."""
+_SEED = "every random stream is seeded with its 32 bits"
+
+WALL_MAX = 1e9
+"""Largest wall-clock interval (seconds, about 32 years: 'never'); `time` and `threading`
+refuse waits from about 9.2e9 s."""
+_WALL = "wall seconds; 1e9 is about 32 years"
+
+SIM_TIME_MAX = 1e12
+"""Largest simulated time or duration; float64 times still resolve 1e-4 there."""
+_SIM = "simulated time units"
+
+FACTOR_MIN, FACTOR_MAX = 1e-6, 1e6
+"""Range of a scale factor or ratio (time scale, tier and task multipliers, Realloc's
+factor, r_to_b, Dirichlet alpha): float32 (tier multipliers) holds it, and what is computed
+from it (a request's duration, a period, a buffer size) stays finite and non-zero."""
+_FACTOR = "a scale factor"
+
+RATE_MAX = 1e30
+"""Largest learning rate or weight decay: far beyond any useful value (a huge rate is how the
+tests make a run diverge on purpose), small enough that float32 training takes it as given
+(float32 ends at 3.4e38; PyTorch refuses a larger step size)."""
+_RATE = "a float32 number, far beyond any useful rate"
+
+_ARG_LIMITS: Mapping[str, Limits] = MappingProxyType({
+    "digits.test_fraction": Limits(0.0, 1.0, "a fraction"),
+    "synthetic.alpha": Limits(0.0, 1e3, "a standard deviation"),
+    "synthetic.beta": Limits(0.0, 1e3, "a standard deviation"),
+})
+"""Limits of the float arguments of catalog datasets and models, by `dataset.arg` or
+`model.arg`; any other float argument gets `_ARG_DEFAULT_LIMITS`."""
+_ARG_DEFAULT_LIMITS = Limits(-FACTOR_MAX, FACTOR_MAX, "a catalog argument")
 
 
 class _Section:
@@ -215,6 +296,10 @@ class _Section:
             value = getattr(self, f.name)
             object.__setattr__(self, f.name, _coerce(f.name, value, hints[f.name], f.metadata))
         self._check()
+        for f in dataclasses.fields(self):  # after _check: its messages say what a key means
+            limits = f.metadata.get("limits")
+            if limits is not None:
+                limits.check(f.name, getattr(self, f.name))
 
     def _check(self) -> None:
         """Range and cross-field checks of the section (keys relative to it)."""
@@ -242,8 +327,9 @@ def _at_least(key: str, value: int | None, low: int) -> None:
 class CheckpointConfig(_Section):
     """When rank 0 writes checkpoints (`run.checkpoint`)."""
 
-    every_seconds: float = 600.0
-    """Wall seconds between checkpoints (> 0)."""
+    every_seconds: float = field(default=600.0,
+                                 metadata=_limits(0.0, WALL_MAX, _WALL, low_open=True))
+    """Wall seconds between checkpoints, in (0, 1e9]."""
     keep: int = 2
     """How many of the newest checkpoints to keep (>= 1)."""
 
@@ -260,14 +346,17 @@ class RunConfig(_Section):
     """Name of the run; the run directory is named after it."""
     out_dir: str = "runs"
     """Directory the run directories are created in."""
-    seed: int = 0
-    """Root of every random stream (`fedast_mpi.seeding`)."""
+    seed: int = field(default=0, metadata=_limits(0, SEED_MAX, _SEED))
+    """Root of every random stream (`fedast_mpi.seeding`), 0..2**32 - 1 (`SEED_MAX`)."""
     clock: Literal["virtual", "real"] = "virtual"
     """`virtual`: simulated, deterministic time; `real`: wall time with injected delays."""
-    time_scale: float = 0.01
-    """Wall seconds per simulated time unit under the real clock (> 0)."""
-    max_time: float = field(default=math.inf, metadata={"none_is_inf": True})
-    """Simulated time at which the run stops (> 0); null (stored as inf) is unbounded."""
+    time_scale: float = field(default=0.01, metadata=_limits(FACTOR_MIN, FACTOR_MAX, _FACTOR))
+    """Wall seconds per simulated time unit under the real clock, in [1e-6, 1e6]."""
+    max_time: float = field(default=math.inf,
+                            metadata=_limits(0.0, SIM_TIME_MAX, _SIM + "; null: no limit",
+                                             low_open=True, none_is_inf=True))
+    """Simulated time at which the run stops, in (0, 1e12]; null (stored as inf) is
+    unbounded."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where workers train: `auto` picks CUDA when present."""
     deterministic: bool = True
@@ -285,8 +374,15 @@ class RunConfig(_Section):
     `auto` (workers when there are any). Results are bitwise the same either way."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoint schedule."""
-    log_every: float = 2.0
-    """Wall seconds between progress lines (>= 0; 0 prints none, only the final table)."""
+    log_every: float = field(default=2.0, metadata=_limits(0.0, WALL_MAX, _WALL))
+    """Wall seconds between progress lines, in [0, 1e9] (0 prints none, only the final
+    table)."""
+    stall_timeout: float = field(default=600.0, metadata=_limits(0.0, WALL_MAX, _WALL))
+    """Seconds rank 0 waits for a worker that owes it an update or an evaluation and sends
+    nothing at all, in [0, 1e9] (0 = wait forever): then the run stops as failed, from its newest
+    checkpoint, with one line naming the rank, host and request (`fedast_mpi.watchdog`).
+    Silence is per worker, so a long queue of requests is not a stall; 10 minutes is far
+    beyond one request or evaluation chunk of the paper's workloads on a CPU or a GPU."""
 
     def _check(self) -> None:
         if not self.name.strip():
@@ -295,6 +391,7 @@ class RunConfig(_Section):
         _non_negative("batch_requests", self.batch_requests)
         _positive("max_time", self.max_time)
         _non_negative("log_every", self.log_every)
+        _non_negative("stall_timeout", self.stall_timeout)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -305,8 +402,9 @@ class ReallocConfig(_Section):
     """Which Realloc: as the paper writes it, or as its reference code does (PAPER.md §9)."""
     window: int = 8
     """Number of recent aggregations the rate estimates use (>= 2)."""
-    period_factor: float = 0.75
-    """Realloc period factor (> 0): paper every ceil(f · M · ΣR) updates, code
+    period_factor: float = field(default=0.75,
+                                 metadata=_limits(FACTOR_MIN, FACTOR_MAX, _FACTOR))
+    """Realloc period factor, in [1e-6, 1e6]: paper every ceil(f · M · ΣR) updates, code
     floor(f · ΣR_initial) · M (PAPER.md §2); the paper's value is 0.75."""
 
     def _check(self) -> None:
@@ -326,19 +424,22 @@ class AlgorithmConfig(_Section):
     total_requests: int | None = None
     """Total outstanding requests over all tasks (>= 1); split over tasks without `requests`.
     After loading it is the sum of the tasks' requests."""
-    r_to_b: float = 32.0
-    """Requests-to-buffer ratio: a task without `buffer_size` gets round(requests / r_to_b)."""
+    r_to_b: float = field(default=32.0, metadata=_limits(FACTOR_MIN, FACTOR_MAX, _FACTOR))
+    """Requests-to-buffer ratio, in [1e-6, 1e6]: a task without `buffer_size` gets
+    round(requests / r_to_b)."""
     realloc: ReallocConfig = field(default_factory=ReallocConfig)
     """Realloc parameters (used by dynamic allocation)."""
     first_k: int | None = 30
     """Sync baselines: aggregate the first k updates of a round (>= 1); null waits for all."""
-    staleness_exponent: float = 0.5
-    """fedasync: staleness weight (1 + s)^-a applied to each update (a >= 0)."""
-    bayes_alpha: float = 0.25
-    """sync-bayes: weight of the round time against selection fairness in BODS' objective."""
+    staleness_exponent: float = field(default=0.5, metadata=_limits(0.0, 100.0, "an exponent"))
+    """fedasync: staleness weight (1 + s)^-a applied to each update, a in [0, 100]."""
+    bayes_alpha: float = field(default=0.25, metadata=_limits(0.0, 1.0, "a weight"))
+    """sync-bayes: weight of the round time against selection fairness in BODS' objective, in
+    [0, 1]."""
     bayes_candidates: int = 75
     """sync-bayes: candidate assignments scored by expected improvement each round."""
-    ucb_gamma: float = 0.99
+    ucb_gamma: float = field(default=0.99,
+                             metadata=_limits(0.0, 1.0, "a discount", low_open=True))
     """sync-ucb: discount of the per-(task, client) statistics, in (0, 1]."""
 
     def _check(self) -> None:
@@ -366,10 +467,10 @@ class AlgorithmConfig(_Section):
 class TierConfig(_Section):
     """One client speed tier."""
 
-    fraction: float
+    fraction: float = field(metadata=_limits(0.0, 1.0, "a share"))
     """Share of the clients in this tier, in [0, 1]."""
-    multiplier: float
-    """Factor on the request duration of the tier's clients (> 0)."""
+    multiplier: float = field(metadata=_limits(FACTOR_MIN, FACTOR_MAX, _FACTOR))
+    """Factor on the request duration of the tier's clients, in [1e-6, 1e6]."""
 
     def _check(self) -> None:
         if not 0.0 <= self.fraction <= 1.0:
@@ -436,8 +537,8 @@ class PartitionConfig(_Section):
 
     kind: str = "iid"
     """Partition kind; one of the dataset's `catalog.DATASETS[...].partitions`."""
-    alpha: float = 0.5
-    """Dirichlet concentration (> 0); smaller is more heterogeneous."""
+    alpha: float = field(default=0.5, metadata=_limits(FACTOR_MIN, FACTOR_MAX, _FACTOR))
+    """Dirichlet concentration, in [1e-6, 1e6]; smaller is more heterogeneous."""
     samples_per_client: int | None = None
     """Training samples per client (>= 1); null splits the whole training set."""
 
@@ -450,12 +551,12 @@ class PartitionConfig(_Section):
 class DelayConfig(_Section):
     """Request durations: local_multi x shifted exponential(shift, exp_mean) x tier."""
 
-    shift: float = 1.0
-    """Minimum duration (>= 0)."""
-    exp_mean: float = 2.0
-    """Mean of the exponential part (>= 0)."""
-    local_multi: float = 1.0
-    """Task-specific factor on the duration (> 0)."""
+    shift: float = field(default=1.0, metadata=_limits(0.0, SIM_TIME_MAX, _SIM))
+    """Minimum duration, in [0, 1e12]."""
+    exp_mean: float = field(default=2.0, metadata=_limits(0.0, SIM_TIME_MAX, _SIM))
+    """Mean of the exponential part, in [0, 1e12]."""
+    local_multi: float = field(default=1.0, metadata=_limits(FACTOR_MIN, FACTOR_MAX, _FACTOR))
+    """Task-specific factor on the duration, in [1e-6, 1e6]."""
 
     def _check(self) -> None:
         _non_negative("shift", self.shift)
@@ -472,7 +573,7 @@ class TaskConfig(_Section):
     name: str
     """Unique name; `--set tasks.<name>.key=value` uses it, so not all digits and no dots."""
     dataset: str
-    """A key of `catalog.DATASETS`."""
+    """A key of `catalog.DATASETS`, or a plugin's `module:attr` (`fedast_mpi.plugins`)."""
     dataset_args: Mapping[str, Any] = field(default_factory=dict)
     """Dataset arguments; after loading, every argument of the dataset with its value."""
     data_dir: str | None = None
@@ -480,25 +581,29 @@ class TaskConfig(_Section):
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     """Split of the data over clients."""
     model: str
-    """A key of `catalog.MODELS`."""
+    """A key of `catalog.MODELS`, or a plugin's `module:attr` (`fedast_mpi.plugins`)."""
     model_args: Mapping[str, Any] = field(default_factory=dict)
     """Model arguments; after loading, every argument of the model with its value."""
     local_steps: int = 10
     """Local SGD steps per request, tau (>= 1)."""
     batch_size: int = 32
     """Local mini-batch size (>= 1)."""
-    local_lr: float = 0.05
-    """Client learning rate (> 0)."""
-    global_lr: float = 1.0
-    """Server learning rate applied to the aggregated update (> 0)."""
-    weight_decay: float = 0.0
-    """L2 weight decay of local SGD (>= 0)."""
+    local_lr: float = field(default=0.05,
+                            metadata=_limits(0.0, RATE_MAX, _RATE, low_open=True))
+    """Client learning rate, in (0, 1e30] (`RATE_MAX`)."""
+    global_lr: float = field(default=1.0,
+                             metadata=_limits(0.0, RATE_MAX, _RATE, low_open=True))
+    """Server learning rate applied to the aggregated update, in (0, 1e30]."""
+    weight_decay: float = field(default=0.0, metadata=_limits(0.0, RATE_MAX, _RATE))
+    """L2 weight decay of local SGD, in [0, 1e30]."""
     buffer_size: int | None = None
     """Updates aggregated at once, b_m (1..requests); null derives it from `algorithm.r_to_b`."""
     requests: int | None = None
     """Outstanding requests R_m (>= 1); null takes a share of `algorithm.total_requests`."""
-    target_accuracy: float
-    """Test accuracy at which the task is done, in (0, 1]."""
+    target_accuracy: float | None = field(
+        metadata=_limits(0.0, 1.0, "a fraction; null: no target", low_open=True))
+    """Test accuracy at which the task is done, in (0, 1]; null: no target, the task trains
+    until `run.max_time`."""
     eval_every: int = 1
     """Evaluate the global model every this many aggregations (>= 1)."""
     delay: DelayConfig = field(default_factory=DelayConfig)
@@ -512,37 +617,70 @@ class TaskConfig(_Section):
             _fail("name", f"{name!r} must not be all digits (--set tasks.<index> uses those)")
         if any(c in name for c in ".=") or any(c.isspace() for c in name):
             _fail("name", f"{name!r} must not contain '.', '=' or spaces")
+        from fedast_mpi import plugins  # `module:attr` names (imported, checked, not called)
         spec = catalog.DATASETS.get(self.dataset)
-        if spec is None:
+        if plugins.is_plugin(self.dataset):
+            spec = self._plugin("dataset", plugins)
+        elif spec is None:
             _fail("dataset", f"unknown dataset {self.dataset!r} "
                              f"(known: {', '.join(catalog.DATASETS)})")
-        object.__setattr__(self, "dataset_args",
-                           _check_args("dataset_args", self.dataset_args, spec.args))
+        if not plugins.is_plugin(self.dataset):
+            object.__setattr__(self, "dataset_args",
+                               _check_args("dataset_args", self.dataset_args, spec.args,
+                                           self.dataset))
         if self.partition.kind not in spec.partitions:
             _fail("partition.kind", f"{self.partition.kind!r} is not a partition of dataset "
                                     f"{self.dataset!r} (known: {', '.join(spec.partitions)})")
         if not spec.embedded and self.data_dir is None:
+            from fedast_mpi import datadirs
+            known = datadirs.find_known(self.dataset)  # e.g. Debian's dataset-fashion-mnist
+            if known is not None:
+                object.__setattr__(self, "data_dir", known)
+        if not spec.embedded and self.data_dir is None:
             _fail("data_dir", f"dataset {self.dataset!r} reads its standard files from a "
                               f"directory (fedast-mpi data download {self.dataset} --to DIR)")
-        if (self.dataset == "shakespeare" and self.partition.kind == "natural"
+        if ((self.dataset == "shakespeare" or plugins.is_plugin(self.dataset))
+                and self.partition.kind == "natural"
                 and self.partition.samples_per_client is not None):
             _fail("partition.samples_per_client", "must be null with kind 'natural': each "
                                                   "client holds one LEAF user's samples")
         model = catalog.MODELS.get(self.model)
-        if model is None:
+        if plugins.is_plugin(self.model):
+            model = self._plugin("model", plugins)
+        elif model is None:
             _fail("model", f"unknown model {self.model!r} (known: {', '.join(catalog.MODELS)})")
-        object.__setattr__(self, "model_args",
-                           _check_args("model_args", self.model_args, model.args))
+        if not plugins.is_plugin(self.model):
+            object.__setattr__(self, "model_args",
+                               _check_args("model_args", self.model_args, model.args,
+                                           self.model))
         for key in ("local_steps", "batch_size", "buffer_size", "requests", "eval_every"):
             _at_least(key, getattr(self, key), 1)
         for key in ("local_lr", "global_lr"):
             _positive(key, getattr(self, key))
         _non_negative("weight_decay", self.weight_decay)
-        if not 0.0 < self.target_accuracy <= 1.0:
+        if self.target_accuracy is not None and not 0.0 < self.target_accuracy <= 1.0:
             _fail("target_accuracy", f"must be in (0, 1], got {self.target_accuracy!r}")
         if (self.buffer_size is not None and self.requests is not None
                 and self.buffer_size > self.requests):
             _fail("buffer_size", f"{self.buffer_size} exceeds {{p}}requests ({self.requests})")
+
+    def _plugin(self, key: str, plugins: Any) -> Any:
+        """A `module:attr` dataset or model (`fedast_mpi.plugins`): imported and checked to be
+        callable, not called; its `<key>_args` pass through unchecked (no catalog defaults).
+        Returns a catalog spec standing in for it."""
+        path = getattr(self, key)
+        try:
+            plugins.resolve(path, key, self.name)
+        except ConfigError as exc:
+            _fail(key, str(exc))
+        given = getattr(self, f"{key}_args")
+        if not isinstance(given, Mapping):
+            _fail(f"{key}_args", f"expected a mapping, got {_show(given)}")
+        args = MappingProxyType({str(k): v for k, v in given.items()})
+        object.__setattr__(self, f"{key}_args", args)
+        if key == "dataset":
+            return catalog.DatasetSpec(args=args, partitions=plugins.PLUGIN_PARTITIONS)
+        return catalog.ModelSpec(args=args)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -576,6 +714,9 @@ class Config(_Section):
         if registry.get(name).single_task and len(tasks) != 1:
             _fail("algorithm.name", f"{name!r} is a single-task reference; the config has "
                                     f"{len(tasks)} tasks")
+        if math.isinf(self.run.max_time) and all(t.target_accuracy is None for t in tasks):
+            _fail("run.max_time", "null with no task target (every target_accuracy is null): "
+                                  "the run would never end; set run.max_time or a target")
         seen: dict[str, int] = {}
         for i, task in enumerate(tasks):
             if task.name in seen:
@@ -659,7 +800,8 @@ def apply_override(data: dict, item: str) -> None:
     """Apply one `--set KEY=VALUE` to a raw config dict in place.
 
     KEY is dotted (`run.checkpoint.keep`); a task is named by index or name
-    (`tasks.0.buffer_size`, `tasks.digits.buffer_size`). VALUE is parsed as YAML.
+    (`tasks.0.buffer_size`, `tasks.digits.buffer_size`), every task by `*`
+    (`tasks.*.local_lr`). VALUE is parsed as YAML.
     """
     key, eq, text = item.partition("=")
     key = key.strip()
@@ -668,8 +810,17 @@ def apply_override(data: dict, item: str) -> None:
     parts = key.split(".")
     if not key or any(not p for p in parts):
         raise ConfigError(f"{key or '(empty)'}: bad key in --set {item!r}")
+    if parts[:2] == ["tasks", "*"] and len(parts) > 2:  # every task, as in `compare:` sections
+        tasks = data.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise ConfigError(f"{key}: tasks.* needs a list of tasks in the config")
+        for i in range(len(tasks)):
+            apply_override(data, f"tasks.{i}.{'.'.join(parts[2:])}={text}")
+        return
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{key}.{exc.key}: duplicate key in --set {item!r}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{key}: cannot parse value {text!r}: {_one_line(exc)}") from None
     node: Any = data
@@ -699,6 +850,63 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A YAML mapping that holds `key` (dotted from the document's root) twice."""
+
+    def __init__(self, key: str, first: int, node: yaml.Node):
+        self.key, self.first, self.line = key, first, node.start_mark.line + 1
+        super().__init__(problem=f"duplicate key {key} (first on line {first})",
+                         problem_mark=node.start_mark)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a mapping holding a key twice, where PyYAML silently
+    keeps the last value: a config's second `seed:` would override the first unseen.
+
+    The check runs on the composed node tree before anything is constructed, so the error
+    names the dotted key and both lines. A merge key (`<<: *base`) may still be overridden.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_unique(node, "", set())
+        return super().construct_document(node)
+
+    def _check_unique(self, node: yaml.Node, path: str, done: set[int]) -> None:
+        if id(node) in done:  # an alias: checked where it was anchored (and no cycles)
+            return
+        done.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_unique(item, f"{path}.{i}" if path else str(i), done)
+        if not isinstance(node, yaml.MappingNode):
+            return
+        first: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key: Any = "?"
+            if key_node.tag != "tag:yaml.org,2002:merge" and isinstance(key_node, yaml.ScalarNode):
+                key = self.construct_object(key_node)
+                dotted = f"{path}.{key}" if path else str(key)
+                if key in first:
+                    raise DuplicateKeyError(dotted, first[key], key_node)
+                first[key] = key_node.start_mark.line + 1
+            self._check_unique(value_node, f"{path}.{key}" if path else str(key), done)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML `text` (from `where`, e.g. ``config file 'x.yaml'``) with `UniqueKeyLoader`;
+    a ConfigError names `where`, the line and the problem."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{where} line {exc.line}: duplicate key {exc.key} "
+                          f"(first on line {exc.first})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or _one_line(exc)
+        raise ConfigError(f"{where}{line}: YAML syntax error: {problem}") from None
+
+
 def _read_text(path: str | os.PathLike | None) -> tuple[str, str]:
     if path is None:
         resource = importlib.resources.files("fedast_mpi").joinpath(DEFAULT_CONFIG)
@@ -718,13 +926,7 @@ def _read_text(path: str | os.PathLike | None) -> tuple[str, str]:
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML config (None: the embedded default), apply `--set` overrides, resolve."""
     shown, text = _read_text(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or _one_line(exc)
-        raise ConfigError(f"config file {shown!r}{where}: YAML syntax error: {problem}") from None
+    data = load_yaml(text, f"config file {shown!r}")
     if data is None:
         data = {}
     if not isinstance(data, dict):

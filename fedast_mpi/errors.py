@@ -35,6 +35,11 @@ class WorldSizeError(FedastError):
     exit_code = 2
 
 
+class Diverged(FedastError):
+    """Training diverged: a non-finite update (exit 1). The run file's status is `diverged`;
+    `fedast-mpi compare` records it as a result and goes on with the other runs."""
+
+
 class Interrupted(Exception):
     """A signal asked the run to checkpoint and stop; the message names the signal.
 

@@ -67,8 +67,9 @@ class Executor(Protocol):
     def free(self, upd: Update) -> None:
         """The server is done with an update's delta."""
 
-    def shutdown(self, code: int = 0) -> None:
-        """Stop training; workers exit with `code`."""
+    def shutdown(self, code: int = 0, timeout: float | None = None) -> None:
+        """Stop training; workers exit with `code` (within `timeout` s, where there are
+        workers)."""
 
 
 class Layer:
@@ -160,6 +161,6 @@ class InProcessExecutor:
         for rid in [r for r, u in self.done.items() if u.task == task]:
             del self.done[rid]
 
-    def shutdown(self, code: int = 0) -> None:
+    def shutdown(self, code: int = 0, timeout: float | None = None) -> None:
         self.pending.clear()
         self.done.clear()

@@ -149,8 +149,8 @@ class Grouper(Layer):
     def free(self, upd: Update) -> None:
         self.inner.free(upd)
 
-    def shutdown(self, code: int = 0) -> None:
-        self.inner.shutdown(code)
+    def shutdown(self, code: int = 0, timeout: float | None = None) -> None:
+        self.inner.shutdown(code, timeout)
 
     # -- groups and checkpoints ----------------------------------------------------------
     def _consumed(self, rid: int) -> None:

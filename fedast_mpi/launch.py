@@ -7,6 +7,7 @@ import socket
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from fedast_mpi.errors import ConfigError, FedastError, WorldSizeError
 
@@ -94,12 +95,51 @@ def describe(comm, exc: BaseException) -> str:
     return f"rank {comm.rank} on {socket.gethostname()}: {text}"
 
 
-def abort(comm, exc: BaseException, log=None) -> None:
+_LOCKS: list = []
+"""Run-directory locks (`fedast_mpi.rundir.RunDirLock`) this process holds: released when its
+run ends, also by `end_job`, so that a requeued job (on any node) finds its directory free."""
+
+
+def release_locks() -> None:
+    while _LOCKS:
+        _LOCKS.pop().release()
+
+
+def end_job(comm, code: int) -> NoReturn:
+    """End every rank of the job now, with exit code `code`, and print nothing more.
+
+    Under MPICH's mpiexec (Hydra: it sets MPI_LOCALRANKID) a rank that leaves makes Hydra
+    end the others (SIGKILL: frozen ones too) and the job exits with that rank's code, with
+    none of MPI_Abort's banner lines. Other launchers (srun, Open MPI's mpirun) get
+    MPI_Abort, the one call they all honour; they may print their own lines after ours.
+    """
+    release_locks()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "MPI_LOCALRANKID" in os.environ:
+        os._exit(code)
+    comm.Abort(code)
+    os._exit(code)  # not reached: MPI_Abort does not return
+
+
+def close_quietly(log, status: str, reason: str) -> str:
+    """Close the run file with a status; '' or why it failed (a full disk), never raising."""
+    if log is None:
+        return ""
+    try:
+        log.close(status, reason)
+        return ""
+    except Exception as exc:  # noqa: BLE001 - ending the job matters more than the status
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f" (the run file could not be closed: {why})"
+
+
+def abort(comm, exc: BaseException, log=None) -> NoReturn:
     """End the whole job after an error on this rank, printing it once.
 
     A worker reports to rank 0, which marks the run file `failed`, prints the
-    line and aborts; if rank 0 does not do so within a grace period the worker
-    prints and aborts by itself.
+    line and ends the job; if rank 0 does not do so within a grace period the worker
+    prints and ends it by itself.
     """
     code = exc.exit_code if isinstance(exc, FedastError) else 1
     line = describe(comm, exc)
@@ -108,13 +148,10 @@ def abort(comm, exc: BaseException, log=None) -> None:
     if comm.rank != 0:
         from fedast_mpi.transport import report_failure
         report_failure(comm, line)
-    elif log is not None:
-        try:
-            log.close("failed", line)
-        except Exception:  # noqa: BLE001 - the abort matters more than the status
-            pass
+    else:
+        line += close_quietly(log, "failed", line)
     print(error_line(line), file=sys.stderr, flush=True)
-    comm.Abort(code)
+    end_job(comm, code)
 
 
 def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
@@ -131,6 +168,7 @@ def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
     from fedast_mpi.runlog import RunLog
     from fedast_mpi.schema import RUN_FILE
 
+    started = time.time()
     real = cfg.run.clock == "real"
     run_file = out_dir / RUN_FILE
     signals = Signals().install()  # from now on a signal is recorded, acted on at a safe point
@@ -154,14 +192,22 @@ def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
     def open_run_file():  # only once every rank has its data: a failed set-up leaves no file
         if comm.rank != 0:
             return None
-        if resume is not None:
-            return RunLog.reopen(run_file, resume["runlog"], comm.size)
-        text = to_yaml(cfg)
-        log = RunLog(run_file, config_yaml=text, algorithm=cfg.algorithm.name,
-                     clock=cfg.run.clock, seed=cfg.run.seed, world_size=comm.size,
-                     package_version=__version__)
-        (out_dir / "config.yaml").write_text(text)  # after RunLog refused any existing run
-        return log
+        from fedast_mpi.rundir import RunDirLock
+        lock = RunDirLock(out_dir).acquire()  # before anything in RUN_DIR changes
+        _LOCKS.append(lock)
+        try:
+            if resume is not None:
+                return RunLog.reopen(run_file, resume["runlog"], comm.size,
+                                     run_id=resume.get("run_id"))
+            text = to_yaml(cfg)
+            log = RunLog(run_file, config_yaml=text, algorithm=cfg.algorithm.name,
+                         clock=cfg.run.clock, seed=cfg.run.seed, world_size=comm.size,
+                         package_version=__version__)
+            (out_dir / "config.yaml").write_text(text)  # after RunLog refused any existing run
+            return log
+        except BaseException:
+            release_locks()
+            raise
 
     from fedast_mpi import emulated
     requested = "cpu" if os.environ.get(emulated.ENV) else cfg.run.device
@@ -179,14 +225,26 @@ def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
     if code:
         return code
     wall0 = comm.bcast(time.time(), root=0)
+    if log is not None:  # rank 0: device decision, data, run file (inspect shows it)
+        log.set_attrs(startup_seconds=wall0 - started)
+    worker = None
     try:
         if comm.rank == 0:
-            return serve(cfg, runner, log, comm, wall0, out_dir, signals, resume, decision)
+            try:
+                return serve(cfg, runner, log, comm, wall0, out_dir, signals, resume, decision)
+            finally:
+                release_locks()
         from fedast_mpi.worker import Worker
-        return Worker(comm, runner, real).run()
+        worker = Worker(comm, runner, real)
+        return worker.run()
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
+        if worker is not None and isinstance(exc, Exception):
+            if os.environ.get("FEDAST_DEBUG"):
+                traceback.print_exc()
+            code = worker.after_failure(describe(comm, exc))  # rank 0 stops the job in order
+            if code is not None:
+                return code
         abort(comm, exc, log)
-        return 1
 
 
 def evaluation_on_workers(cfg, world_size: int) -> bool:
@@ -234,6 +292,8 @@ def serve(cfg, runner, log, comm, wall0: float, out_dir: Path, signals, resume,
     from fedast_mpi.progress import Progress
     from fedast_mpi.schema import RUN_FILE
     from fedast_mpi.server import Server
+    from fedast_mpi.transport import Undrained
+    from fedast_mpi.watchdog import Halt, Watchdog
 
     executor: Executor
     if comm.size == 1:
@@ -241,6 +301,9 @@ def serve(cfg, runner, log, comm, wall0: float, out_dir: Path, signals, resume,
     else:
         from fedast_mpi.transport import ServerTransport
         executor = ServerTransport(comm, runner.n_params, arrival_order=cfg.run.clock == "real")
+        hosts = [r.host for r in decision.reports] if decision is not None else []
+        executor.watchdog = Watchdog(cfg.run.stall_timeout, signals.first, hosts,
+                                     beat=log.flush)
     progress = Progress(cfg.run.log_every)
     train_device = None
     if decision is not None:
@@ -263,8 +326,88 @@ def serve(cfg, runner, log, comm, wall0: float, out_dir: Path, signals, resume,
         server.checkpointer.save(server)  # the final state: a resume with a larger max_time goes on
     except Interrupted as stop:
         status, reason, code = "interrupted", str(stop), EXIT_INTERRUPTED
-    executor.shutdown(code)
+    except Halt as halt:
+        halted(comm, log, halt, out_dir)
+    except Exception as exc:  # noqa: BLE001 - a failure here or on a worker: stop in order
+        from fedast_mpi.errors import Diverged
+        if isinstance(exc, Diverged):  # a result: when it diverged, after how many updates
+            try:
+                log.set_attrs(final_time=server.clock.now,
+                              updates_processed=server.tasks.n_processed)
+            except Exception:  # noqa: BLE001 - the failure line matters more
+                pass
+        return failed(comm, log, executor, exc)
+    try:
+        executor.shutdown(code)
+        undrained = None
+    except Undrained as exc:  # a frozen worker: everything is written, MPI cannot end cleanly
+        undrained = exc
     server.finish(final_models=code == 0)
     log.close(status, reason)
     progress.final(server, status, reason, str(out_dir / RUN_FILE))
+    if undrained is not None:
+        print(f"fedast-mpi: warning: {undrained}; ending the job", file=sys.stderr, flush=True)
+        end_job(comm, code)
     return code
+
+
+FAILURE_DRAIN = 30.0
+"""Seconds rank 0 gives the workers to answer its STOP after a failure (they finish the
+request in hand first); past it the job ends at once."""
+
+
+def failed(comm, log, executor, exc: Exception) -> int:
+    """A failure during the run (rank 0's own, or a worker's report): the run file marked
+    `failed`, one line printed, then the workers stopped and drained as at a normal end, so
+    that every rank leaves through MPI's finalisation with this exit code (no launcher banner,
+    no rank killed). A worker that does not answer (frozen, gone) ends the job at once."""
+    code = exc.exit_code if isinstance(exc, FedastError) else 1
+    line = describe(comm, exc)
+    if os.environ.get("FEDAST_DEBUG"):
+        traceback.print_exc()
+    from fedast_mpi.errors import Diverged
+    status = "diverged" if isinstance(exc, Diverged) else "failed"  # compare goes on after it
+    print(error_line(line + close_quietly(log, status, line)), file=sys.stderr, flush=True)
+    try:
+        executor.shutdown(code, timeout=FAILURE_DRAIN)
+    except Exception:  # noqa: BLE001 - a worker that cannot be stopped in order
+        if os.environ.get("FEDAST_DEBUG"):
+            traceback.print_exc()
+        end_job(comm, code)
+    if getattr(exc, "broken", False):  # a write failed inside HDF5 (RunFileWriteError)
+        finalize_and_exit(code)
+    return code
+
+
+def finalize_and_exit(code: int) -> NoReturn:
+    """Leave through MPI's finalisation (every rank's exit code stays `code`) but skip the
+    interpreter's teardown: after a failed HDF5 write (a full disk) HDF5's state is broken and
+    h5py's clean-up of the objects still open crashed rank 0 (SIGSEGV, exit 11)."""
+    from mpi4py import MPI
+    release_locks()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    MPI.Finalize()
+    os._exit(code)
+
+
+def halted(comm, log, halt, out_dir: Path) -> NoReturn:
+    """Rank 0 gave up a wait (`fedast_mpi.watchdog`): the run file closed with what happened
+    and how to go on, one line printed, the whole job ended (frozen ranks too).
+
+    The server is mid-batch, not in a state it can checkpoint: the newest checkpoint on
+    disk is where a resume continues. After a signal the exit code is 75 when there is one.
+    """
+    from fedast_mpi.checkpoint import EXIT_INTERRUPTED, checkpoint_paths
+    newest = checkpoint_paths(out_dir)[:1]
+    if newest:
+        then = (f"; a resume continues from {newest[0].name}: "
+                f"mpiexec -n {comm.size} fedast-mpi resume {out_dir}")
+    else:
+        then = "; no checkpoint was written yet: nothing to resume, run it again"
+    line = f"{halt}{then}"
+    code = EXIT_INTERRUPTED if halt.status == "interrupted" and newest else 1
+    line += close_quietly(log, halt.status, line)
+    print(f"fedast-mpi: {'stopped' if code == EXIT_INTERRUPTED else 'error'}: {line}",
+          file=sys.stderr, flush=True)
+    end_job(comm, code)

@@ -8,6 +8,7 @@ from torch import nn
 
 from fedast_mpi.catalog import MODELS
 from fedast_mpi.errors import ConfigError
+from fedast_mpi.plugins import is_plugin, resolve
 
 
 def _logreg(args, input_shape, n_classes) -> nn.Module:
@@ -192,7 +193,7 @@ def _resnet18_gn(args, input_shape, n_classes) -> nn.Module:
     return ResNet18GN(n_classes, groups)
 
 
-_BUILDERS = {"logreg": _logreg, "mlp": _mlp, "cnn": _cnn, "lenet5": _lenet5,
+_BUILDERS = {"logreg": _logreg, "mlp": _mlp, "paper_mlp": _mlp, "cnn": _cnn, "lenet5": _lenet5,
              "cifar_cnn": _cifar_cnn, "lstm": _lstm, "resnet18_gn": _resnet18_gn}
 
 
@@ -228,9 +229,22 @@ def build_model(name: str, args: Mapping, input_shape: tuple[int, ...], n_classe
                 seed: int) -> nn.Module:
     """Build model `name` (catalog defaults merged under `args`) with weights fixed by `seed`.
 
+    A name `module:attr` is a plugin (`fedast_mpi.plugins`): `attr(input_shape=...,
+    num_classes=..., **args)`, args passed as they are.
+
     The global torch RNG is forked, so every rank gets the same weights for the same seed
     and the caller's random state is left untouched.
     """
+    if is_plugin(name):
+        make = resolve(name, "model")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            module = make(input_shape=tuple(int(s) for s in input_shape),
+                          num_classes=int(n_classes), **dict(args or {}))
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"model {name!r} returned a {type(module).__name__}, "
+                              f"not a torch nn.Module")
+        return module.float()
     if name not in _BUILDERS or name not in MODELS:
         raise ConfigError(f"unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
     unknown = set(args or {}) - set(MODELS[name].args)
@@ -247,3 +261,52 @@ def build_model(name: str, args: Mapping, input_shape: tuple[int, ...], n_classe
 def n_params(module: nn.Module) -> int:
     """Number of trainable scalars of a module (the length of its flat vector)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def count_params(name: str, args: Mapping, input_shape: tuple[int, ...], n_classes: int) -> int:
+    """Trainable parameters of model `name`, built on the meta device (no memory, no data)."""
+    with torch.device("meta"):
+        module = build_model(name, args, input_shape, n_classes, seed=0)
+    return n_params(module)
+
+
+def describe_network(task) -> list[str]:
+    """Lines for `fedast-mpi validate`: the network a task gets and its parameter count
+    (counted on the meta device: no data read, no weights allocated), plus a note when a
+    `mlp` on MNIST/Fashion-MNIST is not the paper's MLP. A catalog model that cannot take the
+    dataset's input raises its ConfigError."""
+    from fedast_mpi.catalog import PAPER_MODELS
+    from fedast_mpi.data import shape_of
+
+    shape = shape_of(task)
+    head = f"  task {task.name}: model {task.model}"
+    if shape is None:
+        lines = [f"{head} on plugin dataset {task.dataset}: parameters known once its data "
+                 f"is loaded"]
+    else:
+        input_shape, n_classes = shape
+        try:
+            n: int | None = count_params(task.model, task.model_args, input_shape, n_classes)
+        except ConfigError as exc:
+            raise ConfigError(f"task {task.name!r}: {exc}") from None
+        except Exception as exc:  # a plugin model that cannot be built on the meta device
+            if not is_plugin(task.model):
+                raise
+            n = None
+            why = " ".join(str(exc).split())[:80]
+            lines = [f"{head}: parameters unknown (not buildable on the meta device: "
+                     f"{type(exc).__name__}: {why})"]
+        if n is not None:
+            paper = " (the paper's network for this dataset)" \
+                if PAPER_MODELS.get(task.dataset) == task.model else ""
+            lines = [f"{head}, {n:,} parameters, input {tuple(input_shape)}, "
+                     f"{n_classes} classes{paper}"]
+    if task.model == "mlp" and task.dataset in ("mnist", "fmnist") \
+            and list(task.model_args.get("hidden", ())) != list(MODELS["paper_mlp"].args["hidden"]):
+        paper_n = count_params("paper_mlp", {}, (1, 28, 28), 10)
+        lines.append(f"  note: task {task.name}: model 'mlp' with hidden "
+                     f"{list(task.model_args.get('hidden', ()))} is not the paper's MLP; that "
+                     f"is model 'paper_mlp' (784-200-200-10, {paper_n:,} parameters)"
+                     + ("" if task.dataset == "mnist" else
+                        "; the paper trains 'lenet5' on fmnist"))
+    return lines

@@ -56,7 +56,8 @@ class Progress:
                    f"(target {task.cfg.target_accuracy}) at version {task.version}")
 
     def final(self, server, status: str, reason: str, run_file: str) -> None:
-        """Time-to-target table of every task."""
+        """Time-to-target table of every task; accuracy is the final model's (evaluated at
+        the end of a completed run), else the last periodic evaluation's."""
         wall = time.perf_counter() - self.start_wall
         count = server.tasks.n_processed
         done = count - self.start_count
@@ -67,10 +68,14 @@ class Progress:
                  + f" in {wall:.1f} s wall ({rate:.0f} upd/s)",
                  f"{'task':<20} {'target':>7} {'reached at':>11} {'version':>8} "
                  f"{'updates':>8} {'accuracy':>9}"]
+        final = getattr(server, "final_evals", {})
         for t in server.tasks:
             reached = "-" if math.isnan(t.reached_time) else f"{t.reached_time:.1f}"
-            lines.append(f"{t.name:<20} {t.cfg.target_accuracy:>7.3f} {reached:>11} "
-                         f"{t.version:>8} {t.updates:>8} {t.accuracy:>9.3f}")
+            target = "-" if t.cfg.target_accuracy is None else f"{t.cfg.target_accuracy:.3f}"
+            # the final model's accuracy (a completed run), else the last evaluation's
+            acc = final[t.index][0] if t.index in final else t.accuracy
+            lines.append(f"{t.name:<20} {target:>7} {reached:>11} "
+                         f"{t.version:>8} {t.updates:>8} {acc:>9.3f}")
         done = [t.reached_time for t in server.tasks]
         if all(not math.isnan(x) for x in done):
             lines.append(f"time to completion: {max(done):.1f}")

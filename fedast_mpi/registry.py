@@ -3,7 +3,9 @@ launcher read.
 
 An entry names the policy class that runs the algorithm (`fedast_mpi.algorithms`, loaded only
 when a run starts, so that checking a config imports no numerics) and the traits the rest of the
-program needs to know without running it. `register` adds one (a researcher's own policy).
+program needs to know without running it. `register` adds one (a researcher's own policy);
+a module listed in the environment variable `FEDAST_MPI_PLUGINS` is imported (on every rank)
+before the first look-up, so its `register` calls need no edit of this package.
 """
 
 from __future__ import annotations
@@ -69,8 +71,29 @@ def register(spec: AlgorithmSpec, replace: bool = False) -> AlgorithmSpec:
     return spec
 
 
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the modules of `FEDAST_MPI_PLUGINS` once (`fedast_mpi.plugins`): their
+    `register` calls add algorithms before a name is looked up, on every rank."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import os
+
+    from fedast_mpi.plugins import import_plugin_modules
+    try:
+        import_plugin_modules(os.environ)
+    except ConfigError:
+        _plugins_loaded = False
+        raise
+
+
 def get(name: str) -> AlgorithmSpec:
     """The algorithm named `name`; ConfigError naming the known ones otherwise."""
+    load_plugins()
     spec = _REGISTRY.get(name)
     if spec is None:
         raise ConfigError(f"algorithm.name: unknown algorithm {name!r} "
@@ -80,6 +103,7 @@ def get(name: str) -> AlgorithmSpec:
 
 def names() -> tuple[str, ...]:
     """Registered names, in registration order."""
+    load_plugins()
     return tuple(_REGISTRY)
 
 

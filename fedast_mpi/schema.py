@@ -7,7 +7,7 @@ import numpy as np
 RUN_SCHEMA = "fedast-mpi/run/1"
 CHECKPOINT_SCHEMA = "fedast-mpi/checkpoint/1"
 RUN_FILE = "run.h5"
-STATUSES = ("running", "completed", "interrupted", "failed")
+STATUSES = ("running", "completed", "interrupted", "failed", "diverged")
 
 # Paths and names in the run file.
 EVENTS = "/events"

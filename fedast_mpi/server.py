@@ -105,11 +105,15 @@ class Server:
         # set by the launcher: saves state, and stops on a signal
         self.checkpointer: Checkpointer | None = None
         self.resumed = False
+        self.final_evals: dict[int, tuple[float, float, int]] = {}
+        """Task index -> (accuracy, loss, version) of its final model (`evaluate_final`)."""
         if fresh:
             sink.write_clients(tier, mult, models.n_samples)
             for t in self.tasks:
                 sink.add_task(t.index, t.name, dataset=t.cfg.dataset, model=t.cfg.model,
-                              n_params=int(t.model.size), target_accuracy=t.cfg.target_accuracy)
+                              n_params=int(t.model.size),
+                              target_accuracy=(math.nan if t.cfg.target_accuracy is None
+                                               else t.cfg.target_accuracy))
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> tuple[str, str]:
@@ -129,7 +133,18 @@ class Server:
         finally:
             self.loop_seconds = self.looped()
             self._loop_start = None
+        self.evaluate_final()
         return "completed", reason
+
+    def evaluate_final(self) -> None:
+        """Every task's final model evaluated while the workers still serve evaluations, for
+        the final table and the run file's `final_accuracy`, `final_loss` and `final_version`
+        (root attributes, arrays in task order). Nothing goes to /events or the eval tables and
+        no state changes: the run's decisions are those of a run without it."""
+        self.final_evals = {}
+        for t in self.tasks:
+            acc, loss = self.models.evaluate(t.index, t.model)
+            self.final_evals[t.index] = (float(acc), float(loss), t.version)
 
     def looped(self) -> float:
         """Wall seconds in the server loop so far (over resumes too)."""
@@ -238,6 +253,11 @@ class Server:
         """Final models (not for an interrupted run: it is not final) and measured figures."""
         for t in self.tasks if final_models else ():
             self.sink.final_model(t.index, t.model)
+        if self.final_evals:  # one entry per task, in task order (a completed run)
+            final = [self.final_evals[t.index] for t in self.tasks]
+            self.sink.set_attrs(final_accuracy=np.array([f[0] for f in final], np.float64),
+                                final_loss=np.array([f[1] for f in final], np.float64),
+                                final_version=np.array([f[2] for f in final], np.int64))
         wait = self.executor.wait
         busy = {f"server_busy_{k}_seconds": v for k, v in self.busy.seconds.items()}
         busy["server_busy_other_seconds"] = (self.loop_seconds - wait.wall

@@ -143,6 +143,7 @@ class Speculation:
             while sum(la.result is None for la in self.launches) >= MAX_PENDING:
                 self.confirm(block=True, count=1)
             target = self.server.tasks[task].cfg.target_accuracy
+            target = math.inf if target is None else target  # no target: never reached
             launch = Launch(self.seq, self.evaluation.launch(task, model), task, target)
             self.launches.append(launch)
         self.latest[task] = launch

@@ -2,14 +2,20 @@
 
 import math
 import os
+import socket
+import time
 
 import numpy as np
 
 from . import schema
 from .h5open import open_h5, with_retry
+from .rundir import pid_alive
 from .runlog import RunFileError, _as_str, open_run
 
 _PARTIAL_READ = (OSError, KeyError)  # what a summary read overlapping the writer's flush raises
+STALE_AFTER = 60.0
+"""Seconds without a heartbeat after which a `running` file whose writer cannot be checked
+(another host) is called stale; at least 10 flush intervals."""
 
 
 def _attr(obj, key, default="?"):
@@ -59,6 +65,11 @@ def _summarize(path):
                      f"package_version {_attr(f, 'package_version')}")
         stop = _attr(f, "stop_reason", "")
         lines.append(f"status {_attr(f, 'status')}" + (f"   stop_reason {stop}" if stop else ""))
+        if _attr(f, "status") == "running":
+            lines.append(liveness(f, os.path.dirname(os.path.abspath(path))))
+        timing = _timing(f)
+        if timing:
+            lines.append(timing)
 
         if schema.EVENTS in f and f[schema.EVENTS].shape[0]:
             ev = f[schema.EVENTS]
@@ -100,6 +111,12 @@ def _summarize(path):
                 _num(float(stale.mean()) if len(stale) else None, "{:.2f}"),
                 _num(int(stale.max()) if len(stale) else None, "{}"),
             ))
+        final = _attr(f, "final_accuracy", None)  # the final models', in task index order
+        versions = _attr(f, "final_version", None)
+        if final is not None and versions is not None and len(final) == len(order):
+            lines.append("final model accuracy: " + "; ".join(
+                f"{name} {float(a):.4f} (version {int(v)})"
+                for name, a, v in zip(order, final, versions)))
     if len(table) == 1:
         lines.append("no tasks")
     else:
@@ -107,6 +124,58 @@ def _summarize(path):
         for r in table:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return "\n".join(lines)
+
+
+def _timing(f) -> str:
+    """Wall time, updates per second, start-up and the workers' training time of an ended run
+    ('' while it runs: those attributes are written at the end)."""
+    wall = _attr(f, "wall_seconds", None)
+    if not isinstance(wall, (int, float)):
+        return ""
+    updates = _attr(f, "updates_processed", None)
+    rate = (f"{updates / wall:.0f} updates/s" if isinstance(updates, (int, float)) and wall > 0
+            else "updates/s -")
+    startup = _attr(f, "startup_seconds", None)
+    compute = _attr(f, "compute_seconds", None)
+    return (f"wall {wall:.1f} s   {rate}   start-up "
+            + (f"{startup:.1f} s" if isinstance(startup, (int, float)) else "- (not recorded)")
+            + "   compute (wall seconds of the workers' training) "
+            + (f"{compute:.1f} s" if isinstance(compute, (int, float)) else "-"))
+
+
+def liveness(f, run_dir: str, now: float | None = None) -> str:
+    """For a `running` run file: is its writer still there, and how to go on if not.
+
+    Definitely stale: written on this host by a pid that no longer exists. Probably stale:
+    no heartbeat for max(STALE_AFTER, 10 flush intervals) (its writer may be on another
+    host, or frozen). Files written before heartbeats existed cannot tell.
+    """
+    beat = _attr(f, "heartbeat", None)
+    if not isinstance(beat, (int, float)):
+        return "liveness unknown: no heartbeat in the file (an older version wrote it)"
+    age = max(0.0, (time.time() if now is None else now) - float(beat))
+    host, pid = str(_attr(f, "writer_host", "?")), int(_attr(f, "writer_pid", 0) or 0)
+    limit = max(STALE_AFTER, 10 * float(_attr(f, "flush_every", 1.0) or 1.0))
+    here = host == socket.gethostname()
+    if here and not pid_alive(pid):
+        why = f"writer pid {pid} on host {host} is gone"
+    elif age > limit:
+        why = f"heartbeat older than {limit:.0f} s; writer pid {pid} on host {host}" + (
+            " still exists: frozen?" if here else "")
+    else:
+        return f"live (last write {age:.0f} s ago; writer pid {pid} on host {host})"
+    return f"STALE: no write for {age:.0f} s ({why}); {_how_to_go_on(f, run_dir)}"
+
+
+def _how_to_go_on(f, run_dir: str) -> str:
+    """The resume command when RUN_DIR has a checkpoint, else that it has none."""
+    from fedast_mpi.checkpoint import CHECKPOINT_DIR, checkpoint_paths
+    newest = checkpoint_paths(run_dir)[:1]
+    if not newest:
+        return (f"no checkpoint in {os.path.join(run_dir, CHECKPOINT_DIR)}: nothing to resume, "
+                f"run it again")
+    return (f"resume with: mpiexec -n {_attr(f, 'world_size')} fedast-mpi resume {run_dir} "
+            f"(newest checkpoint {newest[0].name})")
 
 
 def _is_checkpoint(path) -> bool:
@@ -120,10 +189,12 @@ def _is_checkpoint(path) -> bool:
 def summarize_checkpoint(path: str) -> str:
     """A checkpoint: where the run stood, per task its version, targets and outstanding work."""
     from fedast_mpi.checkpoint import read_checkpoint
-    ckpt = read_checkpoint(path)  # verifies every array (CheckpointError, exit 3, if damaged)
+    ckpt = read_checkpoint(path)  # verifies everything (CheckpointError, exit 3, if damaged)
     state = ckpt["state"]
     reqs = state["requests"]
-    lines = [f"{path}  ({schema.CHECKPOINT_SCHEMA}, #{ckpt['index']}, verified)",
+    checks = "verified" if ckpt["checked"] else "arrays verified; no attribute check (older)"
+    lines = [f"{path}  ({schema.CHECKPOINT_SCHEMA}, #{ckpt['index']}, {checks})",
+             f"run_id {ckpt['run_id'] or 'none'}",
              f"simulated time {ckpt['time']:.1f}   wall {state['wall']:.1f} s   "
              f"updates {state['n_processed']}   next request {state['next_id']}   "
              f"pending requests {len(reqs)} (cancelled {int(reqs['cancelled'].sum())}, "

@@ -15,7 +15,7 @@ import numpy as np
 
 from fedast_mpi.aggregation import server_step
 from fedast_mpi.clock import Busy
-from fedast_mpi.errors import FedastError
+from fedast_mpi.errors import Diverged
 from fedast_mpi.recorder import Recorder
 from fedast_mpi.records import Request, Update, pack_updates, unpack_updates
 
@@ -122,12 +122,17 @@ class Tasks:
     def accept(self, req: Request, upd: Update) -> int:
         """Book the update of a processed request into its task's buffer; returns its staleness.
 
-        A non-finite update fails the run (its message names the request and worker).
+        A non-finite update ends the run as diverged (`Diverged`, naming the request and
+        worker).
         """
         t = self.states[req.task]
-        norm = float(np.linalg.norm(upd.delta)) if upd.norm is None else upd.norm
+        if upd.norm is None:
+            with np.errstate(over="ignore", invalid="ignore"):  # non-finite: reported below
+                norm = float(np.linalg.norm(upd.delta))
+        else:
+            norm = upd.norm
         if not math.isfinite(norm):
-            raise FedastError(f"task {t.name}: non-finite update (request {req.id}, client "
+            raise Diverged(f"task {t.name}: non-finite update (request {req.id}, client "
                               f"{req.client}, worker {upd.worker}); lower local_lr?")
         staleness = t.version - req.base_version
         self.recorder.event(req, upd, t.version, accepted=1, norm=norm)
@@ -159,7 +164,8 @@ class Tasks:
         if not math.isnan(acc):  # NaN: computed on the workers, result to come (speculation)
             t.accuracy = acc
         self.recorder.eval(t.index, t.version, t.updates, acc, loss)
-        return acc >= t.cfg.target_accuracy and not t.finished
+        target = t.cfg.target_accuracy  # None: no target, the task trains until max_time
+        return target is not None and acc >= target and not t.finished
 
     def finish(self, t: TaskState, now: float) -> None:
         """Target reached at `now`: no version but the current one is needed again, the buffer

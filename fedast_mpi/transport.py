@@ -20,17 +20,30 @@ from fedast_mpi import protocol as P
 from fedast_mpi.errors import FedastError, ProtocolError
 from fedast_mpi.executor import WaitClock
 from fedast_mpi.records import Update, Work
+from fedast_mpi.watchdog import Awaited, Watchdog
 
 
 class WorkerFailed(FedastError):
     """A worker reported an error; the message already names its rank and host."""
 
 
-def report_failure(comm: MPI.Comm, line: str, grace: float = 10.0) -> None:
-    """Worker side: send our error line to rank 0 and give it `grace` s to abort the job."""
+class Undrained(Exception):
+    """Workers did not report their last messages at shutdown (frozen or gone): the job must
+    end without MPI's orderly finalisation. The message names them."""
+
+
+def error_message(line: str) -> np.ndarray:
+    """A worker's error line as the fixed-size TAG_ERROR message (cut to fit)."""
     buf = np.zeros(P.ERROR_BYTES, np.uint8)
     raw = line.encode("utf-8")[: P.ERROR_BYTES - 1]
     buf[: len(raw)] = np.frombuffer(raw, np.uint8)
+    return buf
+
+
+def report_failure(comm: MPI.Comm, line: str, grace: float = 10.0) -> None:
+    """Worker side, before it has a transport: send our error line to rank 0 and give it
+    `grace` s to end the job."""
+    buf = error_message(line)
     req = comm.Isend([buf, MPI.BYTE], 0, P.TAG_ERROR)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
@@ -123,6 +136,13 @@ class ServerTransport:
         self.sends: list[tuple[MPI.Request, object]] = []
         self.model_sends = 0  # (task, version) models sent, for tests and benchmarks
         self.wait = WaitClock()
+        # For the watchdog (`fedast_mpi.watchdog`): who owes what, when each worker last spoke.
+        self.watchdog: Watchdog | None = None
+        self.heard: dict[int, float] = {}  # worker -> monotonic time of its last message
+        self.holder: dict[int, int] = {}  # request id -> worker it was sent to, until it lands
+        self.release: dict[int, tuple[float, int]] = {}  # real clock: id -> (release wall, task)
+        self.chunk_owner: dict[int, dict[int, int]] = {}  # evaluation -> chunk -> worker
+        self._next_check = 0.0  # real clock: monotonic time of the next stall check
 
     # -- receiving ---------------------------------------------------------
     def _slot(self, task: int) -> np.ndarray:
@@ -174,6 +194,9 @@ class ServerTransport:
         self._post(task, i)
         hdr = P.update_header(buf)[0]
         rid, worker = int(hdr["request"]), int(hdr["worker"])
+        self.heard[worker] = time.monotonic()
+        self.holder.pop(rid, None)
+        self.release.pop(rid, None)
         if int(hdr["task"]) != task:
             raise ProtocolError(f"update of task {int(hdr['task'])} arrived on "
                                 f"task {task}'s tag")
@@ -197,6 +220,8 @@ class ServerTransport:
         self.eval_reqs[i] = self.comm.Irecv([self.eval_bufs[i], MPI.BYTE], MPI.ANY_SOURCE,
                                             P.TAG_EVAL_RESULT)
         worker = int(rec["worker"])
+        self.heard[worker] = time.monotonic()
+        self.chunk_owner.get(int(rec["eval"]), {}).pop(int(rec["chunk"]), None)
         self.evals_received[worker] += 1
         self.eval_load[worker] -= 1
         self.eval_compute_seconds += float(rec["compute"])
@@ -213,8 +238,10 @@ class ServerTransport:
         if upd.slot is not None:
             self.free_slots[upd.task].append(upd.slot)
 
-    def _wait_until(self, done) -> None:
-        """Progress until `done()`, sleeping with a backoff in between (no spinning)."""
+    def _wait_until(self, done, awaited: Callable[[], list[Awaited]]) -> None:
+        """Progress until `done()`, sleeping with a backoff in between (no spinning); the
+        watchdog, if any, may end the wait (`Halt`) after a signal or when `awaited()`'s
+        workers fall silent."""
         if done():
             return
         self.progress()
@@ -222,6 +249,7 @@ class ServerTransport:
             return
         cap = self._wait_cap()
         backoff = Backoff(first=max(50e-6, cap / 2), cap=cap)
+        since = time.monotonic()
         with self.wait:
             while True:
                 self.progress()
@@ -231,6 +259,8 @@ class ServerTransport:
                 # awaited comes, and each reset cost a new ramp of wake-ups (~60 µs of CPU each).
                 backoff.sleep()
                 self.wait.wakeups += 1
+                if self.watchdog is not None:
+                    self.watchdog.check(since, awaited(), self.heard)
 
     def _wait_cap(self) -> float:
         """The sleep cap of a wait: `WAIT_CAP` bounds around 1/8 of the mean training time."""
@@ -241,7 +271,8 @@ class ServerTransport:
 
     def wait_for(self, rid: int) -> Update:
         """The update of request `rid` (virtual clock), waiting without spinning."""
-        self._wait_until(lambda: rid in self.landed)
+        self._wait_until(lambda: rid in self.landed, lambda: [
+            Awaited(self.holder.get(rid, -1), f"the update of request {rid}")])
         return self.landed.pop(rid)
 
     # -- evaluation ------------------------------------------------------------
@@ -249,10 +280,12 @@ class ServerTransport:
         """Send the test chunks of one evaluation to the workers with the fewest chunks (then
         the fewest requests) in hand; each of them gets the model once."""
         by_worker: dict[int, list[int]] = {}
+        owner = self.chunk_owner[eval_id] = {}
         for chunk in range(chunks):
             w = min(self.workers, key=lambda k: (self.eval_load[k], self.load[k], k))
             self.eval_load[w] += 1
             by_worker.setdefault(w, []).append(chunk)
+            owner[chunk] = w
         for w, mine in by_worker.items():
             for j, chunk in enumerate(mine):
                 self._isend(P.record(P.EVAL_DTYPE, eval=eval_id, n_params=model.size, task=task,
@@ -272,11 +305,15 @@ class ServerTransport:
     def forget_eval(self, eval_id: int) -> None:
         """Drop an evaluation's chunks, those in and those to come."""
         self.eval_sums.pop(eval_id, None)
+        self.chunk_owner.pop(eval_id, None)
         self.eval_forgotten.add(eval_id)
 
     def wait_eval(self, eval_id: int, chunks: int) -> list[tuple[float, float]]:
         """The sums of every chunk of an evaluation, in chunk order, waiting without spinning."""
-        self._wait_until(lambda: self._eval_in(eval_id, chunks))
+        self._wait_until(lambda: self._eval_in(eval_id, chunks), lambda: [
+            Awaited(w, f"chunk {c} of evaluation {eval_id}")
+            for c, w in self.chunk_owner.get(eval_id, {}).items()])
+        self.chunk_owner.pop(eval_id, None)
         sums = self.eval_sums.pop(eval_id)
         return [sums[c] for c in range(chunks)]
 
@@ -296,8 +333,33 @@ class ServerTransport:
                     else:
                         backoff.sleep(left)
                         self.wait.wakeups += 1
+        if self.watchdog is not None and time.monotonic() >= self._next_check:
+            self._check_overdue()
         out, self.arrivals = self.arrivals, []
         return out
+
+    def _check_overdue(self) -> None:
+        """Real clock, at most once a second: the watchdog on the request released longest
+        ago and not yet in (its worker holds nothing back after its release time)."""
+        assert self.watchdog is not None
+        mono, wall = time.monotonic(), time.time()
+        self._next_check = mono + 1.0
+        overdue = [(rel, rid) for rid, (rel, _) in self.release.items() if rel < wall]
+        if not overdue:
+            self.watchdog.check(mono, [], self.heard)
+            return
+        rel, rid = min(overdue)
+        self.watchdog.check(mono - (wall - rel), [
+            Awaited(self.holder.get(rid, -1), f"the update of request {rid}, released "
+                                              f"{wall - rel:.0f} s ago")], self.heard)
+
+    def _drain_timeout(self) -> float:
+        dog = self.watchdog
+        if dog is None:
+            return 120.0
+        if dog.signal() is not None:
+            return dog.grace
+        return dog.stall_timeout if dog.stall_timeout > 0 else 120.0
 
     # -- sending -----------------------------------------------------------
     def _isend(self, buf: np.ndarray, dest: int, tag: int, mpi_type=MPI.BYTE) -> None:
@@ -315,6 +377,9 @@ class ServerTransport:
         self.load[w] += len(group)
         for req, model, release_wall in group:
             req.worker = w
+            self.holder[req.id] = w
+            if self.arrival_order:
+                self.release[req.id] = (release_wall, req.task)
             held = self.latest.get((w, req.task))
             if held != req.base_version:
                 if held is not None and req.base_version < held:  # the worker may have evicted it
@@ -344,24 +409,33 @@ class ServerTransport:
         for w in self.workers:
             self._isend(P.ctrl(P.CANCEL_TASK, task=task), w, P.TAG_CTRL)
             self.latest.pop((w, task), None)
+        for rid in [r for r, (_, t) in self.release.items() if t == task]:
+            del self.release[rid]  # the workers drop them: never awaited again
 
-    def shutdown(self, code: int = 0, timeout: float = 120.0) -> None:
+    def shutdown(self, code: int = 0, timeout: float | None = None) -> None:
         """Stop every worker (it exits with `code`), drain its in-flight updates, cancel
-        receives."""
+        receives. Raises Undrained, naming the workers, when they do not all report within
+        `timeout` s (default: the watchdog's stall timeout, its signal grace after a signal,
+        else 120 s)."""
         for w in self.workers:
             self._isend(P.ctrl(P.STOP, exit_code=code), w, P.TAG_CTRL)
         backoff = Backoff()
-        deadline = time.monotonic() + timeout
-        while any(self.final_counts.get(w) != (self.received[w], self.evals_received[w])
-                  for w in self.workers):
+        deadline = time.monotonic() + (self._drain_timeout() if timeout is None else timeout)
+        while True:
+            late = [w for w in self.workers
+                    if self.final_counts.get(w) != (self.received[w], self.evals_received[w])]
+            if not late:
+                break
             if time.monotonic() > deadline:
-                raise ProtocolError("workers did not drain their updates within "
-                                    f"{timeout:.0f} s at shutdown")
+                names = ", ".join(f"rank {w}" + (f" on {self.watchdog.host(w)}"
+                                                 if self.watchdog else "") for w in late)
+                raise Undrained(f"{names} did not answer the stop message (frozen or gone)")
             if self.progress():
                 backoff.reset()
             else:
                 backoff.sleep()
-        posted = self.reqs + self.eval_reqs + [self.final_req, self.error_req]
+        posted = [r for r in self.reqs + self.eval_reqs + [self.final_req, self.error_req]
+                  if r != MPI.REQUEST_NULL]  # the error receive, once a worker failed
         for r in posted:
             r.Cancel()
         MPI.Request.Waitall(posted)
@@ -521,6 +595,12 @@ class WorkerTransport:
         self.eval_req = comm.Irecv([self.eval_buf, MPI.BYTE], 0, P.TAG_EVAL)
         self.eval_sends: list[tuple[MPI.Request, np.ndarray]] = []
         self.evals_sent = 0
+        self.error_sends: list[tuple[MPI.Request, np.ndarray]] = []
+
+    def report_error(self, line: str) -> None:
+        """Send our error line to rank 0 (TAG_ERROR); `finish` completes the send."""
+        buf = error_message(line)
+        self.error_sends.append((self.comm.Isend([buf, MPI.BYTE], 0, P.TAG_ERROR), buf))
 
     def message(self, n_params: int) -> np.ndarray:
         """An update message buffer for a model of n_params (recycled, or new)."""
@@ -575,7 +655,7 @@ class WorkerTransport:
             req.Cancel()
             req.Wait()
         final = P.record(P.FINAL_DTYPE, worker=worker, sent=self.sent, evals=self.evals_sent)
-        reqs = [r for r, _ in self.sends + self.eval_sends]
+        reqs = [r for r, _ in self.sends + self.eval_sends + self.error_sends]
         reqs.append(self.comm.Isend([final, MPI.BYTE], 0, P.TAG_FINAL))
         backoff = Backoff()
         while not MPI.Request.Testall(reqs):

@@ -13,6 +13,11 @@ from fedast_mpi import protocol as P
 from fedast_mpi.errors import ProtocolError
 from fedast_mpi.transport import Backoff, WorkerTransport
 
+FAILURE_GRACE = 60.0
+"""Seconds a failed worker waits for rank 0's STOP before it ends the job by itself (rank 0
+frozen or gone): rank 0 answers an error within one of its waits, or after a step of its own
+(an evaluation, a checkpoint)."""
+
 
 class Worker:
     """Executes the server's requests: models by (task, version), a queue, held updates.
@@ -37,6 +42,7 @@ class Worker:
         self.collecting: list = []  # REQUESTs of a group still arriving
         self.held: list[tuple[float, int, int, np.ndarray]] = []
         self.stopping = False
+        self.failed = False  # after an error: receive what comes, compute nothing, await STOP
         self.exit_code = 0
         self.trained = 0
         self.fail_after = injected_fault(self.rank)
@@ -63,6 +69,27 @@ class Worker:
                 limit = self.held[0][0] - time.time() if self.held else None
                 backoff.sleep(limit)
         self.transport.finish(self.rank)
+        return self.exit_code
+
+    def after_failure(self, line: str) -> int | None:
+        """Our error line to rank 0, then its STOP awaited while everything it sends is still
+        received (and nothing computed), so that the job ends in order: one line, printed by
+        rank 0, and rank 0's exit code on every rank. None when rank 0 does not answer within
+        FAILURE_GRACE s or the transport itself fails: the caller then ends the job."""
+        self.failed = True
+        self.queue, self.held, self.collecting = [], [], []
+        try:
+            self.transport.report_error(line)
+            deadline = time.monotonic() + FAILURE_GRACE
+            backoff = Backoff(cap=0.01)
+            while not self.stopping:
+                if time.monotonic() > deadline:
+                    return None
+                if not (self.drain() | self.serve_evals()):
+                    backoff.sleep()
+            self.transport.finish(self.rank)
+        except Exception:  # noqa: BLE001 - the caller ends the job with the first error
+            return None
         return self.exit_code
 
     def drain(self) -> bool:
@@ -115,6 +142,8 @@ class Worker:
             if entry is None:
                 raise ProtocolError(f"worker {self.rank}: evaluation {eval_id} chunk "
                                     f"{int(msg['chunk'])} without its model")
+            if self.failed:  # received, never answered: rank 0 no longer waits for it
+                continue
             start = time.perf_counter()
             if self.eval_delay:
                 time.sleep(self.eval_delay)
@@ -166,7 +195,9 @@ class Worker:
             hdr = P.update_header(buf)
             hdr["request"], hdr["task"], hdr["worker"] = rid, task, self.rank
             hdr["train_loss"], hdr["n_samples"] = loss, n
-            hdr["compute"], hdr["norm"] = compute, np.linalg.norm(P.update_payload(buf))
+            with np.errstate(over="ignore", invalid="ignore"):  # rank 0 reports a non-finite
+                norm = np.linalg.norm(P.update_payload(buf))  # update itself, in one line
+            hdr["compute"], hdr["norm"] = compute, norm
             self.trained += 1
             self.needed[(task, version)] -= 1
             if not self.needed[(task, version)]:

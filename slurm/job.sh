@@ -157,6 +157,13 @@ fedast_start() {
         fedast_launch "$@"
     fi
     fedast_log "fedast-mpi exited $FEDAST_RC at $(date +%T)"
+    if [ "$FEDAST_RC" != 0 ] && [ "$FEDAST_RC" != 75 ] && [ -n "$FEDAST_SIG" ] \
+       && [ "$(_fedast_status)" = interrupted ]; then
+        # A rank frozen at the signal: rank 0 stopped from its newest checkpoint and exited
+        # 75, but mpiexec may report the SIGKILL it sent the frozen rank (9) instead.
+        fedast_log "the run file says interrupted: treated as exit 75"
+        FEDAST_RC=75
+    fi
     _fedast_finish "$FEDAST_RC"
 }
 

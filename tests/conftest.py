@@ -8,6 +8,7 @@ tests marked `cuda` run last and skip where torch sees no CUDA device.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -110,3 +111,21 @@ def default_runs(tmp_path_factory):
         assert res.rc == 0, f"-n {n} failed:\n{res.stdout}\n{res.stderr}"
         runs[n] = (out, res)
     return runs
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A tmpfs of `size` (e.g. "1m") mounted at `path` for the block, unmounted after; the test
+    is skipped, with the reason, where it cannot be mounted (not root, no mount permission)."""
+    if os.geteuid() != 0:
+        pytest.skip(f"mounting a {size} tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    if res.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+

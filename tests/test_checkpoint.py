@@ -194,7 +194,7 @@ def test_truncated_and_foreign_checkpoints_are_refused(tmp_path, monkeypatch, ca
     assert main(["resume", str(out)]) == 3
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["resume", str(empty)]) == 3
+    assert main(["resume", str(empty)]) == 2  # not a run directory: a usage error
     assert (out / CHECKPOINT_DIR).is_dir()
 
 

@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import math
+import typing
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,12 @@ import yaml
 from fedast_mpi import catalog, registry
 from fedast_mpi.config import (
     Config,
+    Limits,
     TaskConfig,
     apply_override,
     config_from_dict,
     load_config,
+    load_yaml,
     to_dict,
     to_yaml,
 )
@@ -504,3 +507,123 @@ def test_fedasync_resolves_buffer_one():
     data["tasks"][0]["buffer_size"] = 3
     data["algorithm"] = {"name": "fedasync"}
     assert config_from_dict(data).tasks[0].buffer_size == 1
+
+
+# ---------------------------------------------------------------- limits
+
+
+LIMITS = [
+    ("run.seed", 2**70, "run.seed: must be in [0, 4294967295] (every random stream"),
+    ("run.seed", 2**32, "run.seed: must be in [0, 4294967295]"),
+    ("run.seed", -1, "run.seed: must be in [0, 4294967295]"),
+    ("tasks.0.local_lr", 1e308, "tasks.0.local_lr: must be in (0, 1e+30] (a float32 number"),
+    ("tasks.0.local_lr", "1e308", "tasks.0.local_lr: must be in (0, 1e+30]"),
+    ("tasks.1.global_lr", 1e31, "tasks.1.global_lr: must be in (0, 1e+30]"),
+    ("tasks.0.weight_decay", 1e31, "tasks.0.weight_decay: must be in [0, 1e+30]"),
+    ("run.time_scale", 1e-320, "run.time_scale: must be in [1e-06, 1e+06]"),
+    ("run.time_scale", 1e7, "run.time_scale: must be in [1e-06, 1e+06]"),
+    ("run.max_time", 1e13, "run.max_time: must be in (0, 1e+12] (simulated time units; null"),
+    ("run.log_every", 1e10, "run.log_every: must be in [0, 1e+09] (wall seconds"),
+    ("run.stall_timeout", 1e10, "run.stall_timeout: must be in [0, 1e+09]"),
+    ("run.checkpoint.every_seconds", 1e10, "run.checkpoint.every_seconds: must be in (0, 1e+09]"),
+    ("algorithm.r_to_b", 1e-320, "algorithm.r_to_b: must be in [1e-06, 1e+06]"),
+    ("algorithm.realloc.period_factor", 1e300,
+     "algorithm.realloc.period_factor: must be in [1e-06, 1e+06]"),
+    ("algorithm.staleness_exponent", 1e3, "algorithm.staleness_exponent: must be in [0, 100]"),
+    ("clients.tiers.slow.multiplier", 1e300, "clients.tiers.slow.multiplier: must be in [1e-06"),
+    ("clients.tiers.fast.multiplier", 1e-9, "clients.tiers.fast.multiplier: must be in [1e-06"),
+    ("tasks.0.partition.alpha", 1e-300, "tasks.0.partition.alpha: must be in [1e-06, 1e+06]"),
+    ("tasks.0.delay.shift", 1e300, "tasks.0.delay.shift: must be in [0, 1e+12]"),
+    ("tasks.0.delay.exp_mean", 1e300, "tasks.0.delay.exp_mean: must be in [0, 1e+12]"),
+    ("tasks.0.delay.local_multi", 1e300, "tasks.0.delay.local_multi: must be in [1e-06, 1e+06]"),
+    ("tasks.0.dataset_args", {"test_fraction": 2.0},
+     "tasks.0.dataset_args.test_fraction: must be in [0, 1] (a fraction)"),
+    ("tasks.1.dataset_args", {"alpha": -1.0},
+     "tasks.1.dataset_args.alpha: must be in [0, 1000] (a standard deviation)"),
+    # non-finite: refused by every float key, naming it
+    ("tasks.0.local_lr", "inf", "tasks.0.local_lr: expected a finite number"),
+    ("tasks.0.local_lr", float("nan"), "tasks.0.local_lr: expected a finite number"),
+    ("tasks.1.global_lr", "-inf", "tasks.1.global_lr: expected a finite number"),
+    ("tasks.0.delay.shift", float("inf"), "tasks.0.delay.shift: expected a finite number"),
+    ("run.time_scale", "nan", "run.time_scale: expected a finite number"),
+    ("tasks.1.dataset_args", {"beta": float("inf")},
+     "tasks.1.dataset_args.beta: expected a finite number"),
+]
+
+
+@pytest.mark.parametrize("key,value,expected", LIMITS, ids=[f"{k}={v!r}" for k, v, _ in LIMITS])
+def test_values_beyond_limits_name_the_key(key, value, expected):
+    message = error_of(_set(raw(), key, value))
+    assert message.startswith(expected), message
+
+
+def test_limits_themselves_are_accepted():
+    data = raw()
+    for key, value in [("run.seed", 2**32 - 1), ("tasks.0.local_lr", 1e30),
+                       ("run.checkpoint.every_seconds", 1e9), ("run.max_time", None),
+                       ("run.time_scale", 1e-6), ("algorithm.staleness_exponent", 100)]:
+        _set(data, key, value)
+    cfg = config_from_dict(data)
+    assert cfg.run.seed == 2**32 - 1 and cfg.tasks[0].local_lr == 1e30
+    assert cfg.run.max_time == math.inf
+
+
+def _sections(cls, seen=None):
+    seen = set() if seen is None else seen
+    if cls in seen:
+        return seen
+    seen.add(cls)
+    for hint in typing.get_type_hints(cls).values():
+        for arg in (hint, *typing.get_args(hint)):
+            if isinstance(arg, type) and dataclasses.is_dataclass(arg):
+                _sections(arg, seen)
+    return seen
+
+
+def test_every_number_key_has_documented_limits():
+    """A float key (and the seed) without limits could pass validation and fail at run time."""
+    missing = []
+    for cls in _sections(Config):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if (float in (hints[f.name], *typing.get_args(hints[f.name])) or f.name == "seed") \
+                    and not isinstance(f.metadata.get("limits"), Limits):
+                missing.append(f"{cls.__name__}.{f.name}")
+    assert missing == []
+
+
+# ---------------------------------------------------------------- duplicate keys
+
+
+def test_duplicate_key_in_config_file(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("run:\n  seed: 1\n  name: x\n  seed: 2\ntasks:\n  - {name: a}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"config file '{path}' line 4: duplicate key run.seed "
+                               f"(first on line 2)")
+
+
+@pytest.mark.parametrize("text,key,line", [
+    ("tasks:\n  - name: a\n    dataset: digits\n    name: b\n", "tasks.0.name", 4),
+    ("run: {name: a}\nrun: {name: b}\n", "run", 2),
+    ("compare:\n  sync:\n    tasks.*.global_lr: 1\n    tasks.*.global_lr: 2\n",
+     "compare.sync.tasks.*.global_lr", 4),
+    ("tasks:\n  - {name: a, model: x, model: y}\n", "tasks.0.model", 2),
+])
+def test_duplicate_keys_anywhere_name_key_and_line(tmp_path, text, key, line):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"line {line}: duplicate key {key} \(first on "):
+        load_config(path)
+
+
+def test_duplicate_key_in_set_value():
+    with pytest.raises(ConfigError, match=r"^tasks\.0\.delay\.shift: duplicate key in --set"):
+        load_config(None, ["tasks.0.delay={shift: 1, shift: 2}"])
+
+
+def test_merge_keys_may_still_be_overridden():
+    data = load_yaml("base: &b {x: 1, y: 2}\nrun:\n  <<: *b\n  x: 3\n", "t")
+    assert data["run"] == {"x": 3, "y": 2}
+    assert load_yaml("a: &a [1]\nb: *a\n", "t") == {"a": [1], "b": [1]}

@@ -14,6 +14,7 @@ from fedast_mpi.training import local_train
 SHAPES = {
     "logreg": ((1, 8, 8), 10),
     "mlp": ((1, 8, 8), 10),
+    "paper_mlp": ((1, 28, 28), 10),
     "cnn": ((1, 8, 8), 10),
     "lenet5": ((1, 28, 28), 10),
     "cifar_cnn": ((3, 32, 32), 10),
@@ -31,6 +32,7 @@ def _input(name, batch, gen):
 
 @pytest.mark.parametrize("name,args,shape,n_classes,count", [
     ("mlp", {"hidden": [200, 200]}, (1, 28, 28), 10, 199_210),
+    ("paper_mlp", {}, (1, 28, 28), 10, 199_210),
     ("lenet5", {}, (1, 28, 28), 10, 44_426),
     ("lenet5", {"logits_relu": True}, (1, 28, 28), 10, 44_426),
     ("cifar_cnn", {}, (3, 32, 32), 10, 797_962),

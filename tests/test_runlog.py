@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -293,3 +294,50 @@ def test_summarize(tmp_path):
     assert len(text.splitlines()) < 25
     alpha = next(line for line in text.splitlines() if line.startswith("alpha"))
     assert "synthetic" in alpha and "logreg" in alpha and "110" in alpha
+
+
+def test_run_id_writer_and_heartbeat(tmp_path):
+    import socket
+    import time
+    log = new_log(tmp_path, flush_every=0.5)
+    with h5py.File(log.path, "r", locking=False) as f:
+        a = dict(f.attrs)
+    assert len(log.run_id) == 32 and a["run_id"] == log.run_id
+    assert a["writer_pid"] == os.getpid() and a["writer_host"] == socket.gethostname()
+    assert a["flush_every"] == 0.5 and abs(a["heartbeat"] - time.time()) < 60
+    time.sleep(0.02)
+    log.flush()
+    with h5py.File(log.path, "r", locking=False) as f:
+        assert f.attrs["heartbeat"] > a["heartbeat"]
+    log.close("completed")
+
+
+def set_attrs(path, **attrs):
+    with h5py.File(path, "r+") as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value
+
+
+def test_summary_tells_a_live_run_from_a_stale_one(tmp_path):
+    import time
+    log = new_log(tmp_path)
+    log.flush()
+    run_dir = os.path.dirname(log.path)
+    text = summarize(run_dir)
+    assert "live (last write" in text and "STALE" not in text
+    log.close("interrupted")  # then made to look like a file a killed job left behind
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    set_attrs(log.path, status="running", writer_pid=gone.pid)
+    text = summarize(run_dir)
+    assert re.search(rf"STALE: no write for \d+ s \(writer pid {gone.pid} on host", text)
+    assert "is gone" in text and "no checkpoint in" in text
+    os.makedirs(os.path.join(run_dir, "checkpoints"))
+    open(os.path.join(run_dir, "checkpoints", "ckpt-000004.h5"), "wb").close()
+    set_attrs(log.path, writer_host="elsewhere", heartbeat=time.time() - 3600)
+    text = summarize(run_dir)
+    assert "STALE: no write for 3600 s (heartbeat older than 60 s" in text
+    assert (f"resume with: mpiexec -n 3 fedast-mpi resume {run_dir} "
+            f"(newest checkpoint ckpt-000004.h5)") in text
+    set_attrs(log.path, heartbeat=time.time() - 30)  # another host, recent: cannot say dead
+    assert "live (last write 30 s ago" in summarize(run_dir)

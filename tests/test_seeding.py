@@ -53,3 +53,17 @@ def test_memory_bounded():
             seeding.int_seed(1, p, k * 5000)
     assert len(seeding._BLOCKS.blocks) <= seeding._SeedBlocks.KEEP
     assert len(seeding._BLOCKS.seen) <= seeding._SeedBlocks.KEEP
+
+
+def test_run_seeds_beyond_32_bits_would_alias_so_the_config_refuses_them():
+    from fedast_mpi.config import SEED_MAX, load_config
+    from fedast_mpi.errors import ConfigError
+    # the streams keep the run seed's low 32 bits: 2**32 would replay seed 0's streams
+    assert seeding.int_seed(SEED_MAX + 1, seeding.MODEL_INIT, 0) == \
+        seeding.int_seed(0, seeding.MODEL_INIT, 0)
+    # every seed the config accepts is its own stream, taken as it is
+    assert int(seeding.seed_sequence(SEED_MAX, seeding.DELAY).entropy[0]) == SEED_MAX
+    assert load_config(None, [f"run.seed={SEED_MAX}"]).run.seed == SEED_MAX
+    for bad in (SEED_MAX + 1, -1, 2**70):
+        with pytest.raises(ConfigError, match=r"^run\.seed: must be in \[0, 4294967295\]"):
+            load_config(None, [f"run.seed={bad}"])

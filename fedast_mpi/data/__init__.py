@@ -3,7 +3,7 @@
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from fedast_mpi.catalog import DATASETS
 from fedast_mpi.data import cifar, digits, idx, leaf, synthetic
 from fedast_mpi.data.partition import dirichlet_partition, iid_partition
 from fedast_mpi.errors import ConfigError, DataError
+from fedast_mpi.plugins import PLUGIN_PARTITIONS, PluginData, is_plugin, resolve
 
 SYNTHETIC_DEFAULT_SAMPLES = 50
 
@@ -66,11 +67,17 @@ class Source:
     n_classes: int
     users: tuple[tuple[str, int, int], ...] | None
     """LEAF users (name, start, stop) of the train rows, for the natural partition."""
+    clients: tuple[np.ndarray, ...] | None = None
+    """A plugin dataset's natural partition (index arrays into the train rows), if it gave one."""
 
 
 def _check_task(task) -> tuple[str, dict, Any]:
     """(dataset, merged args, partition) of a task, or a ConfigError for what cannot load."""
     name, part = task.dataset, task.partition
+    if is_plugin(name):
+        if part.kind not in PLUGIN_PARTITIONS:
+            raise ConfigError(f"dataset {name!r} does not support partition {part.kind!r}")
+        return name, dict(task.dataset_args), part
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
     if part.kind not in DATASETS[name].partitions:
@@ -85,6 +92,8 @@ def _check_task(task) -> tuple[str, dict, Any]:
 
 def _generated(name: str) -> bool:
     """Whether the dataset is drawn per run (from the seed and the clients), not read."""
+    if is_plugin(name):
+        return False
     return DATASETS[name].embedded and name != "digits"
 
 
@@ -101,7 +110,9 @@ def source_key(task, n_clients: int, seed: int) -> str:
     beyond what generation uses)."""
     name, args, _ = _check_task(task)
     fields: dict = {"dataset": name, "args": _canon(args)}
-    if not DATASETS[name].embedded:
+    if is_plugin(name):  # called with the clients and the seed
+        fields.update(n_clients=int(n_clients), seed=int(seed))
+    elif not DATASETS[name].embedded:
         fields["data_dir"] = str(_data_dir(name, task).resolve())
     elif _generated(name):  # the draw depends on the clients and the seed too (exact ints)
         fields.update(n_clients=int(n_clients), samples_per_client=int(_spc(task) or 0),
@@ -123,6 +134,8 @@ def load_source(task, n_clients: int, seed: int) -> Source:
     name, args, _ = _check_task(task)
     key = source_key(task, n_clients, seed)
     users = None
+    if is_plugin(name):
+        return _plugin_source(name, args, key, n_clients, seed)
     if not DATASETS[name].embedded:
         tx, ty, vx, vy, input_shape, n_classes, users = _read_files(name, task)
     elif name == "digits":
@@ -150,7 +163,12 @@ def partition(task, source: Source, n_clients: int, seed: int) -> tuple[np.ndarr
     rng = seeding.generator(seed, seeding.PARTITION, stream_key(
         dataset=name, args=args, kind=part.kind, alpha=part.alpha,
         samples_per_client=part.samples_per_client))
-    if part.kind == "natural" and source.users is not None:
+    if part.kind == "natural" and is_plugin(name):
+        if source.clients is None:
+            raise ConfigError(f"dataset {name!r} gives no natural partition (its `clients`); "
+                              f"partition 'natural' needs one")
+        shards = list(source.clients)
+    elif part.kind == "natural" and source.users is not None:
         shards = leaf.natural_partition(source.users, n_clients, rng)
     elif part.kind == "natural":  # generated: client k's samples are rows k*spc..(k+1)*spc-1
         spc = _spc(task)
@@ -180,6 +198,75 @@ def forget_parsed() -> None:
     """
     for reader in (idx, cifar, leaf):
         reader.forget()
+
+
+def shape_of(task) -> tuple[tuple[int, ...], int] | None:
+    """(input_shape, n_classes) of a catalog dataset, from its constants and args (no data
+    read); None for a plugin dataset (known only once it is called)."""
+    name, args, _ = _check_task(task)
+    if is_plugin(name):
+        return None
+    if name == "digits":
+        return digits.INPUT_SHAPE, digits.N_CLASSES
+    if name == "synthetic":
+        return (int(args["dim"]),), int(args["classes"])
+    if name in ("mnist", "fmnist"):
+        return idx.INPUT_SHAPE, idx.N_CLASSES
+    if name in cifar.SPECS:
+        return cifar.INPUT_SHAPE, cifar.SPECS[name].n_classes
+    if name == "shakespeare":
+        return leaf.INPUT_SHAPE, leaf.N_CLASSES
+    return None
+
+
+def _array(v, what: str, name: str) -> np.ndarray:
+    """A plugin's array as a read-only-safe numpy array (torch tensors converted)."""
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu().numpy()
+    a = np.array(v)  # a copy: the plugin keeps its own arrays
+    if a.ndim < 1:
+        raise DataError(f"dataset {name!r}: {what} must be an array, got {type(v).__name__}")
+    return a
+
+
+def _plugin_source(name: str, args: dict, key: str, n_clients: int, seed: int) -> Source:
+    """Call a dataset plugin (`fedast_mpi.plugins`) and check what it returns."""
+    load = resolve(name, "dataset")
+    got = load(n_clients=int(n_clients),
+               seed=seeding.int_seed(seed, seeding.DATASET, stream_key(dataset=name, args=args)),
+               **args)
+    if isinstance(got, Mapping):
+        try:
+            got = PluginData(**got)
+        except TypeError as exc:
+            raise DataError(f"dataset {name!r}: {exc}") from None
+    if not isinstance(got, PluginData):
+        raise DataError(f"dataset {name!r} returned a {type(got).__name__}, not a PluginData "
+                        f"or a mapping")
+    tx, vx = _array(got.x_train, "x_train", name), _array(got.x_test, "x_test", name)
+    ty, vy = _array(got.y_train, "y_train", name), _array(got.y_test, "y_test", name)
+    if tx.shape[1:] != vx.shape[1:] or len(tx) != len(ty) or len(vx) != len(vy) \
+            or ty.ndim != 1 or vy.ndim != 1 or len(tx) == 0 or len(vx) == 0:
+        raise DataError(f"dataset {name!r}: x_train {tx.shape}, y_train {ty.shape}, x_test "
+                        f"{vx.shape}, y_test {vy.shape}: need non-empty sets, samples of one "
+                        f"shape and one label per sample")
+    if not np.issubdtype(ty.dtype, np.integer) or not np.issubdtype(vy.dtype, np.integer):
+        raise DataError(f"dataset {name!r}: labels must be integers")
+    ty, vy = ty.astype(np.int64), vy.astype(np.int64)
+    top = int(max(ty.max(), vy.max()))
+    n_classes = top + 1 if got.n_classes is None else int(got.n_classes)
+    if min(ty.min(), vy.min()) < 0 or top >= n_classes:
+        raise DataError(f"dataset {name!r}: labels must lie in 0..{n_classes - 1}")
+    clients = None
+    if got.clients is not None:
+        clients = tuple(np.asarray(c, dtype=np.int64) for c in got.clients)
+        if len(clients) != n_clients or any(
+                c.ndim != 1 or len(c) == 0 or c.min() < 0 or c.max() >= len(ty)
+                for c in clients):
+            raise DataError(f"dataset {name!r}: clients must be {n_clients} non-empty index "
+                            f"arrays into the {len(ty)} training samples")
+    return Source(key, tx, ty, vx, vy, tuple(int(s) for s in tx.shape[1:]), n_classes, None,
+                  clients)
 
 
 def _data_dir(name: str, task) -> Path:
