@@ -5,9 +5,9 @@ The cluster. Both nodes run on this one machine: `../shared/slurm-local.sh` with
 SLURM_LOCAL_NODES=2 starts one slurmd per node ("node1", "node2"), each in its own UTS namespace
 (so a rank's gethostname() is its node's name) on loopback addresses 127.0.2.x. PIDs are
 shared, so the test sees every process of a job and tells the nodes apart by the UTS namespace
-of each process (`/proc/PID/ns/uts` against that of the node's slurmd). Not by
-SLURMD_NODENAME: Hydra's mpiexec runs on the first node and exports its own environment to every
-rank, so the environment of a rank on node2 may name node1 (the test records what it holds).
+of each process (`/proc/PID/ns/uts` against that of the node's slurmd), which does not depend on
+what a launcher exports (measured: the ranks' SLURMD_NODENAME and SLURM_NODEID agree with it
+under Hydra's mpiexec; the test prints them).
 
 Coexistence with tests/test_slurm.py. That module's session fixture uses whatever SLURM
 answers with a usable node, else starts the one-node cluster (slurm-local.sh without
