@@ -130,7 +130,8 @@ def test_nonfinite_update_fails_the_run(tmp_path):
     assert res.rc != 0 and res.elapsed < 30
     assert len(res.error_lines()) == 1 and "non-finite update" in res.stderr
     with h5py.File(tmp_path / "run" / "run.h5", "r") as f:
-        assert f.attrs["status"] == "failed"
+        assert f.attrs["status"] == "diverged"  # a result (issue 14), recorded with its time
+        assert "non-finite update" in f.attrs["stop_reason"] and f.attrs["final_time"] > 0
 
 
 def test_validate_and_inspect(default_runs, tmp_path):
