@@ -40,9 +40,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from test_slurm import (BIN, SHARED, SLURM, TERMINAL, _sh, _slurm_answers, events, job_env,
+from test_slurm import (BIN, SHARED, SLURM, TERMINAL, _sh, _slurm_answers, assert_same_events,
+                        job_env,
                         job_records, read_logs, run_attrs, sbatch)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -453,12 +453,7 @@ def test_two_nodes_requeue_resume(two_nodes, tmp_path):
     assert hosts == {r: two_nodes[r // PER_NODE] for r in range(RANKS)}, attrs["device_placement"]
     assert attrs["stop_reason"] == ref_attrs["stop_reason"]
 
-    got, ref = events(run_dir / "run.h5"), events(plain_dir / "run.h5")
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    for name in ref.dtype.names:
-        if name in ("worker", "wall"):
-            continue
-        assert np.array_equal(got[name], ref[name]), f"/events column {name} differs"
+    assert_same_events(run_dir / "run.h5", plain_dir / "run.h5")
 
 
 @pytest.mark.timeout(600)
