@@ -1,4 +1,4 @@
-"""Driving runs from Python: `run` and `compare_algorithms`, the CLI's `run` and `compare`
+"""Driving runs from Python: `run` and `compare`, the CLI's `run` and `compare`
 as functions for a script or a notebook.
 
 A script calls them on every rank (`mpiexec -n K python script.py`); without mpiexec the
@@ -199,9 +199,9 @@ def run(config_or_path: ConfigSource = None, overrides: Overrides = (),
     return out_dir.absolute()
 
 
-def compare_algorithms(config_or_path: ConfigSource, algorithms: str | Sequence[str],
-                       seeds: int = 1, overrides: Overrides = (), *,
-                       out: str | os.PathLike[str], only: int | None = None) -> Path:
+def compare(config_or_path: ConfigSource, algorithms: str | Sequence[str],
+            seeds: int = 1, overrides: Overrides = (), *,
+            out: str | os.PathLike[str], only: int | None = None) -> Path:
     """Algorithms x seeds on identical clients, data and delays, as `fedast-mpi compare`
     does; returns the comparison directory `out` (absolute) on every rank.
 
@@ -211,10 +211,10 @@ def compare_algorithms(config_or_path: ConfigSource, algorithms: str | Sequence[
     applied last (after the config's `compare:` section). only: run just that entry of the
     plan (algorithm-major), as `--only` (no table).
 
-    Not named `compare`: `fedast_mpi.compare` is the module that plans the comparison.
-    Errors as for `run`; a failure stops the comparison at the failing run.
+    Errors as for `run`: a failure stops the comparison at the failing run; a run that
+    diverges is recorded as `diverged` and the comparison goes on.
     """
-    from fedast_mpi.compare import plan, run_compare, run_name
+    from fedast_mpi.comparison import plan, run_compare, run_name
     from fedast_mpi.outdir import check_new_run_dir, check_writable_dir
     items = override_items(overrides)
     cfg = build_config(config_or_path, items)
@@ -235,7 +235,7 @@ def compare_algorithms(config_or_path: ConfigSource, algorithms: str | Sequence[
     for index, (algorithm, seed, _) in enumerate(runs):
         if only is None or only == index:
             check_new_run_dir(out_dir / run_name(algorithm, seed))
-    _check_main_thread("compare_algorithms")
+    _check_main_thread("compare")
 
     def job(comm) -> int:
         return run_compare(cfg, names, seeds, out_dir, comm, only, items)

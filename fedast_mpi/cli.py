@@ -77,6 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run only entry INDEX of the plan (algorithm-major: a job-array task)")
     cmp_.add_argument("--summarize", action="store_true",
                       help="no runs: read the directory's run files and print the table")
+    rpr = sub.add_parser(
+        "reproduce", help="a table of the paper over seeds, measured beside the paper's numbers",
+        epilog="Tables: fig5-fmnist, fig5-mnist, fig5-cifar10, fig5-shakespeare (rows m2, m4, "
+               "m6), fig7, fig18, fig20 (the heterogeneous experiment). Runs already finished "
+               "in OUT are kept: the same command continues a reproduction. On SLURM: "
+               "slurm/submit-reproduce.sh. Exit codes as for compare.")
+    rpr.add_argument("table", help="a paper table, e.g. fig5-fmnist")
+    rpr.add_argument("--out", help="directory: OUT/<row>/ runs, reproduce.md (required)")
+    rpr.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3, as the paper)")
+    rpr.add_argument("--rows", help="comma-separated row keys (default: all), e.g. m2,m4")
+    rpr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a key of every row's config, e.g. tasks.*.data_dir=DIR")
+    rpr.add_argument("--configs", help="directory of the paper configs (default: configs/paper "
+                     "of this checkout)")
+    rpr.add_argument("--summarize", action="store_true",
+                     help="no runs: write the table from OUT's finished runs (per row, the "
+                          "seeds every algorithm finished)")
+    rpr.add_argument("--list", action="store_true",
+                     help="print the rows as 'KEY CONFIG ALGORITHMS' and exit")
     return p
 
 
@@ -193,7 +212,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from fedast_mpi.compare import plan, run_compare, run_name
+    from fedast_mpi.comparison import plan, run_compare, run_name
     from fedast_mpi.config import load_config
     from fedast_mpi.outdir import check_new_run_dir, check_writable_dir, out_option
     out = out_option(args.out)
@@ -203,7 +222,7 @@ def cmd_compare(args) -> int:
     runs = plan(cfg, algorithms, args.seeds, args.overrides)  # every config checked before MPI
     check_writable_dir(out)  # every rank, before MPI, creating nothing
     if args.summarize:
-        from fedast_mpi.compare import write_summary
+        from fedast_mpi.comparison import write_summary
         write_summary(cfg, algorithms, args.seeds, out, args.overrides)
         return 0
     for index, (algorithm, seed, _) in enumerate(runs):
@@ -214,6 +233,33 @@ def cmd_compare(args) -> int:
     try:
         return run_compare(cfg, algorithms, args.seeds, out, comm, args.only,
                            args.overrides)
+    finally:
+        comm.Free()
+
+
+def cmd_reproduce(args) -> int:
+    from fedast_mpi import reproduce as rp
+    from fedast_mpi.outdir import check_writable_dir, out_option
+    tab = rp.table(args.table)
+    rows = rp.select_rows(tab, args.rows)
+    config_dir = Path(args.configs) if args.configs else rp.default_config_dir()
+    if args.list:
+        print(rp.list_rows(rows, tab.algorithms, config_dir))
+        return 0
+    if isinstance(args.seeds, bool) or args.seeds < 1:
+        raise ConfigError(f"--seeds: {args.seeds}; at least 1")
+    out = out_option(args.out)
+    if out is None:
+        raise ConfigError("reproduce: --out DIR is required (see fedast-mpi reproduce --help)")
+    configs = rp.row_configs(rows, config_dir, args.overrides)  # every row checked before MPI
+    check_writable_dir(out)
+    if args.summarize:
+        rp.write_table(tab, configs, args.seeds, out, args.overrides, partial=True)
+        return 0
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD.Dup()
+    try:
+        return rp.run_reproduce(tab, configs, args.seeds, out, comm, args.overrides)
     finally:
         comm.Free()
 
@@ -236,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         command = args.command
         commands = {"run": cmd_run, "resume": cmd_resume, "validate": cmd_validate,
                     "inspect": cmd_inspect, "compare": cmd_compare, "report": cmd_report,
-                    "data": cmd_data}
+                    "data": cmd_data, "reproduce": cmd_reproduce}
         code = commands[command](args)
         sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's exit
         return code
@@ -247,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             print(error_line(str(exc)), file=sys.stderr, flush=True)
         return exc.exit_code
     finally:
-        if command in ("run", "resume", "compare"):
+        if command in ("run", "resume", "compare", "reproduce"):
             from fedast_mpi.checkpoint import Signals
             Signals.ignore()  # the process is ending: a late signal must not kill it (exit 75)
 

@@ -37,6 +37,11 @@ RESERVE_BYTES = 4 << 20
 """Free bytes below which the run file is not written (`RunLog._writing`): more than one flush
 of every table allocates (a chunk of 4096 rows per table), with room for the status attributes."""
 
+_UNCLOSABLE: list = []
+"""Run files HDF5 failed to close (a write failed inside it), held for the life of the process:
+HDF5 retries the close when the handle is freed, and crashes (SIGSEGV) in the garbage collector.
+The launcher ends such a process without teardown (`launch.finalize_and_exit`)."""
+
 
 def _free_bytes(path) -> int | None:
     """Bytes free to us on the file system of `path`; None where statvfs cannot tell."""
@@ -473,9 +478,10 @@ class RunLog:
     def close(self, status: str, stop_reason: str = "") -> None:
         """Flush, set status and stop_reason, and close the file; later calls do nothing.
 
-        Whatever fails (a full disk), the file is marked closed and its handle released. The
-        first failure is raised (RunFileWriteError for a write), unless a write to this file
-        already failed and raised: close never raises a second error about a broken file.
+        Whatever fails (a full disk), the file is marked closed and its handle released (held,
+        where HDF5 failed to close it: `_UNCLOSABLE`). The first failure is raised
+        (RunFileWriteError for a write), unless a write to this file already failed and
+        raised: close never raises a second error about a broken file.
         """
         if self._closed:
             return
@@ -494,6 +500,7 @@ class RunLog:
                 self._f.close()
         except Exception as e:  # noqa: BLE001 - as above
             errors.append(e)
+            _UNCLOSABLE.append(self._f)  # HDF5 would retry the close when the handle is freed
         if errors and not (reported and isinstance(errors[0], RunFileWriteError)):
             raise errors[0]
 

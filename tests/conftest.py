@@ -34,7 +34,7 @@ CPU_PIN = ("--set", "run.device=cpu")
 """Appended to every command that trains: `run.device: auto` (the embedded default job, the
 paper configs) would train on a GPU where there is one, in groups of 16 (batching follows the
 device), against expectations measured on CPUs."""
-TRAINING_COMMANDS = ("run", "resume", "compare", "validate")
+TRAINING_COMMANDS = ("run", "resume", "compare", "validate", "reproduce")
 
 
 def cpu_pinned(args) -> list[str]:

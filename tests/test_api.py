@@ -1,4 +1,4 @@
-"""The Python API: `fedast_mpi.run` / `compare_algorithms` in-process (one rank, no mpiexec)
+"""The Python API: `fedast_mpi.run` / `compare` in-process (one rank, no mpiexec)
 and from a script under mpiexec; `analysis.load_run`'s tables and pandas frames."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_import_stays_cheap():
         import sys
         import fedast_mpi
         assert "yaml" not in sys.modules, "import fedast_mpi imported yaml"
-        fedast_mpi.run, fedast_mpi.compare_algorithms, fedast_mpi.RunFailed
+        fedast_mpi.run, fedast_mpi.compare, fedast_mpi.RunFailed
         heavy = [m for m in ("torch", "mpi4py", "h5py") if m in sys.modules]
         assert not heavy, heavy
         assert "run" in dir(fedast_mpi)
@@ -168,21 +168,21 @@ def test_a_signal_raises_run_interrupted_after_the_checkpoint(tmp_path, monkeypa
     assert handlers() == before
 
 
-def test_compare_algorithms_in_process(tmp_path):
-    out = fedast_mpi.compare_algorithms(tiny(), "fedast, fedbuff", seeds=1,
+def test_compare_in_process(tmp_path):
+    out = fedast_mpi.compare(tiny(), "fedast, fedbuff", seeds=1,
                                         overrides={"run.max_time": 6}, out=tmp_path / "cmp")
     assert out == (tmp_path / "cmp").absolute()
     assert (out / "compare.md").is_file() and (out / "compare.csv").is_file()
     for name in ("fedast-seed3", "fedbuff-seed3"):
         assert load_run(out / name).status == "completed"
     with pytest.raises(ConfigError, match="unknown nosuch"):
-        fedast_mpi.compare_algorithms(tiny(), ["nosuch"], out=tmp_path / "x")
+        fedast_mpi.compare(tiny(), ["nosuch"], out=tmp_path / "x")
     with pytest.raises(ConfigError, match="only: 2 is outside"):
-        fedast_mpi.compare_algorithms(tiny(), ["fedast", "sync"], out=tmp_path / "x", only=2)
+        fedast_mpi.compare(tiny(), ["fedast", "sync"], out=tmp_path / "x", only=2)
     with pytest.raises(ConfigError, match="must be >= 1"):
-        fedast_mpi.compare_algorithms(tiny(), ["fedast"], seeds=0, out=tmp_path / "x")
+        fedast_mpi.compare(tiny(), ["fedast"], seeds=0, out=tmp_path / "x")
     with pytest.raises(ConfigError, match="out: the comparison's directory is required"):
-        fedast_mpi.compare_algorithms(tiny(), ["fedast"], out=None)  # type: ignore[arg-type]
+        fedast_mpi.compare(tiny(), ["fedast"], out=None)  # type: ignore[arg-type]
     assert not (tmp_path / "x").exists()
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from analysis.metrics import RunTimes
 from conftest import launch
-from fedast_mpi.compare import expand, plan, summarize
+from fedast_mpi.comparison import expand, plan, summarize
 from fedast_mpi.config import load_config
 from fedast_mpi.errors import ConfigError
 

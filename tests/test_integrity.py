@@ -11,7 +11,10 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -394,20 +397,43 @@ def assert_run_write_error(err, path):
     assert "[Errno 28] No space left on device" in text
 
 
-def test_run_file_on_a_full_disk(small_fs, monkeypatch):
+FULL_DISK_SCRIPT = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from fedast_mpi import runlog
+from fedast_mpi.runlog import RunFileWriteError
+from test_integrity import event_row, new_log
+runlog.RESERVE_BYTES = 0
+log = new_log({path!r})
+log.add_task(0, "a", dataset="d", model="m", n_params=10, target_accuracy=0.5)
+for i in range(40000):  # 3 MiB of rows
+    log.event(event_row(i))
+try:
+    log.flush()
+except RunFileWriteError as e:
+    print("ERROR", e, flush=True)
+log.close("failed", "disk full")  # already reported: no second error
+log.close("failed")  # and nothing more
+print("CLOSED", log.closed, len(runlog._UNCLOSABLE), flush=True)
+import gc; gc.collect()  # the handle is held: the collector does not make HDF5 close it
+print("COLLECTED", flush=True)
+os._exit(0)  # as the launcher ends such a process: HDF5 would crash closing the file at exit
+"""
+
+
+def test_run_file_on_a_full_disk(small_fs):
     """A write that fails inside HDF5 (the reserve check off, as a quota statvfs does not
-    show would be)."""
-    monkeypatch.setattr(runlog_mod, "RESERVE_BYTES", 0)
-    log = new_log(small_fs / "run.h5")
-    log.add_task(0, "a", dataset="d", model="m", n_params=10, target_accuracy=0.5)
-    for i in range(40000):  # 3 MiB of rows
-        log.event(event_row(i))
-    with pytest.raises(RunFileWriteError) as info:
-        log.flush()
-    assert_run_write_error(info.value, log.path)
-    log.close("failed", "disk full")  # already reported: no second error
-    assert log.closed
-    log.close("failed")  # and nothing more
+    show would be). In a child process: HDF5 cannot close such a file (it crashes), so the
+    file is held open and the process ends without teardown, as the launcher does."""
+    path = small_fs / "run.h5"
+    script = FULL_DISK_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("ERROR "), res.stdout + res.stderr
+    assert_run_write_error(RunFileWriteError(lines[0][len("ERROR "):]), path)
+    assert lines[1:] == ["CLOSED True 1", "COLLECTED"], res.stdout + res.stderr
 
 
 def test_run_file_write_failures_monkeypatched(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedast_mpi.compare import plan
+from fedast_mpi.comparison import plan
 from fedast_mpi.config import config_from_dict
 
 PAPER = Path(__file__).parent.parent / "configs" / "paper"

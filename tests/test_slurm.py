@@ -184,7 +184,8 @@ def events(path: Path) -> np.ndarray:
 def test_scripts_parse():
     """Every script is valid bash (no SLURM needed)."""
     for f in ["env.sh", "job.sh", "fedast-1node.sbatch", "fedast-multinode.sbatch",
-              "sweep.sbatch", "submit-sweep.sh"]:
+              "sweep.sbatch", "submit-sweep.sh", "submit-reproduce.sh",
+              "reproduce-summary.sbatch"]:
         res = _sh("bash", "-n", str(SLURM / f))
         assert res.returncode == 0, f"{f}: {res.stderr}"
 
@@ -307,3 +308,34 @@ def test_sweep_array(slurm_cluster, tmp_path):
     md = (out / "compare.md").read_text()
     assert "| fedast |" in md and "| sync |" in md, md
     assert (out / "compare.csv").exists()
+
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason=f"real Fashion-MNIST not installed in "
+                    f"{FMNIST_DIR} (apt-get install dataset-fashion-mnist)")
+def test_reproduce_as_job_arrays(slurm_cluster, tmp_path):
+    """submit-reproduce.sh: the M = 2 row of Fig. 5 (one seed, max_time 3) as a sweep array on
+    the real files, then the job that writes reproduce.md beside the paper's numbers."""
+    out = tmp_path / "fig5"
+    env = job_env(
+        FEDAST_SBATCH_ARGS=" ".join([*JOB_OPTS, f"--output={tmp_path}/%x-%A_%a.out"]),
+        FEDAST_SUMMARY_ARGS=f"--output={tmp_path}/%x-%j.out",
+    )
+    res = _sh(str(SLURM / "submit-reproduce.sh"), "fig5-fmnist", "1", str(out), "--rows", "m2",
+              "--set", "run.max_time=3", "--set", f"tasks.*.data_dir={FMNIST_DIR}", *CPU_PIN,
+              cwd=tmp_path, env=env, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "row m2: sweep array" in res.stdout, res.stdout
+    final = res.stdout.strip().splitlines()[-1]
+    logs = [tmp_path / "fedast-*.out"]
+    (summary,) = wait_job(final, 780, logs)
+    text = read_logs(logs)
+    assert summary["JobState"] == "COMPLETED", text
+    for name in ("fedast-seed0", "sync-seed0"):
+        assert run_attrs(out / "m2" / name / "run.h5")["status"] == "completed", text
+    md = (out / "reproduce.md").read_text()
+    assert "| Fashion-MNIST, M = 2 | 2 | 1 |" in md and "| 383.1 |" in md, md
+    assert (out / "m2" / "compare.md").exists()

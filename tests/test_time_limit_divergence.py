@@ -18,7 +18,7 @@ from analysis.metrics import RunTimes
 from conftest import launch
 from fedast_mpi import cli, datadirs
 from fedast_mpi.clock import Busy, Clock
-from fedast_mpi.compare import summarize
+from fedast_mpi.comparison import summarize
 from fedast_mpi.config import apply_override, config_from_dict, load_config
 from fedast_mpi.errors import ConfigError, DataError, Diverged, FedastError
 from fedast_mpi.recorder import MemorySink, Recorder
