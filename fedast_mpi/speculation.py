@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 MAX_PENDING = 8
 """Unconfirmed evaluations rank 0 may run ahead of; one more waits for the oldest."""
 SNAPSHOT_UPDATES = 500
-"""A new snapshot (at a confirmed batch boundary) once this many updates were consumed since."""
+"""A new snapshot (at a confirmed batch boundary, past the effects of a rollback's replay that
+went out already) once this many updates were consumed since."""
 LOG_BYTES = 256 << 20
 """Log size at which rank 0 stops speculating until everything is confirmed, and snapshots."""
 NAN = math.nan
@@ -75,6 +76,7 @@ class Speculation:
         self.snapshot: dict | None = None
         self.log: dict[int, Update] = {}
         self.log_bytes = 0
+        self.consumed = 0  # updates consumed since the snapshot
         self.held: deque[list] = deque()  # [seq, fn, args, request ids]
         self.held_requests: set[int] = set()
         self.placed: dict[int, tuple[int, int]] = {}  # request -> (worker, group) since snapshot
@@ -220,6 +222,7 @@ class Speculation:
             self.settle()
         upd = inner(rid)
         if self.active:
+            self.consumed += 1
             self.log[rid] = Update(upd.request, upd.task, upd.worker, upd.train_loss,
                                    upd.n_samples, np.array(upd.delta, np.float32), None,
                                    upd.norm)
@@ -237,13 +240,20 @@ class Speculation:
         self.active = True
 
     def take_snapshot(self) -> None:
+        """The server's state now becomes the point a rollback returns to. Logged updates of
+        requests still live are kept: taken in a timeline a rollback abandoned, they are
+        consumed again later in this one (from the log: the transport handed them out once)."""
         if self.held or self.pending():
             raise RuntimeError("snapshot taken with effects held back")
+        if self.seq < self.released:
+            raise RuntimeError("snapshot taken while replaying effects that went out")
         self.snapshot = self.server.state_dict()
         self.snapshots += 1
-        self.log.clear()
+        live = self.server.book.live
+        self.log = {rid: upd for rid, upd in self.log.items() if rid in live}
+        self.log_bytes = sum(upd.delta.nbytes for upd in self.log.values())
+        self.consumed = 0
         self.placed.clear()
-        self.log_bytes = 0
         self.seq = self.released = self.next_launch = 0
         self.launches = []
         self.latest = {}
@@ -256,8 +266,8 @@ class Speculation:
         self.confirm()
         if self.log_bytes > LOG_BYTES:
             self.settle()
-        if not self.pending() and (len(self.log) >= SNAPSHOT_UPDATES
-                                   or self.log_bytes > LOG_BYTES // 2):
+        if (not self.pending() and self.seq >= self.released
+                and (self.consumed >= SNAPSHOT_UPDATES or self.log_bytes > LOG_BYTES // 2)):
             self.take_snapshot()
 
     def rollback(self) -> None:

@@ -270,7 +270,11 @@ class ServerTransport:
         return min(high, max(low, mean / 8))
 
     def wait_for(self, rid: int) -> Update:
-        """The update of request `rid` (virtual clock), waiting without spinning."""
+        """The update of request `rid` (virtual clock), waiting without spinning. A request no
+        worker holds can never come: a ProtocolError at once, not a wait for the watchdog."""
+        if rid not in self.landed and rid not in self.holder:
+            raise ProtocolError(f"rank 0 waits for the update of request {rid}, which no worker "
+                                f"holds (never sent, or handed out already): an internal error")
         self._wait_until(lambda: rid in self.landed, lambda: [
             Awaited(self.holder.get(rid, -1), f"the update of request {rid}")])
         return self.landed.pop(rid)

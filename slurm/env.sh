@@ -65,6 +65,23 @@ FEDAST_NTASKS=${FEDAST_NTASKS:-${SLURM_NTASKS:-${SLURM_NPROCS:-1}}}
 # so that waiting ranks do not spin.
 FEDAST_LAUNCH=${FEDAST_LAUNCH:-"mpiexec -n $FEDAST_NTASKS"}
 
+# ------------------------------------------------------------------ MPI transport
+# The MPICH wheel from PyPI (5.0.2: device ch4:ucx, with ofi built in) loses small messages that
+# match pre-posted MPI_ANY_SOURCE receives when the ranks span nodes and UCX carries them:
+# slurm/check-anysource.py on 2 nodes x 2 ranks saw 2,000 of 9,000 messages never complete, every
+# time; with per-source receives, UCX_RNDV_THRESH=0 or the ofi netmod all 9,000 arrive. Rank 0
+# of fedast-mpi posts such receives (updates, evaluation results), so a job on several nodes with
+# that wheel uses the ofi netmod unless you chose a netmod yourself. Check a site MPI with
+#   $FEDAST_LAUNCH python slurm/check-anysource.py      (on 2+ nodes: "all N messages", exit 0)
+if [ "${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}" -gt 1 ] && [ -z "${MPIR_CVAR_CH4_NETMOD:-}" ] \
+   && python -c 'import mpi4py, sys; mpi4py.rc.initialize = False; from mpi4py import MPI
+v = MPI.Get_library_version(); sys.exit(0 if "pypi.org/p/mpich" in v and "ch4:ucx" in v else 1)' \
+      2>/dev/null; then
+    export MPIR_CVAR_CH4_NETMOD=ofi
+    echo "fedast-slurm: MPIR_CVAR_CH4_NETMOD=ofi: the PyPI MPICH wheel's ucx netmod loses" \
+         "ANY_SOURCE messages across nodes (slurm/env.sh)"
+fi
+
 # ------------------------------------------------------------------ GPUs
 # The templates request GPUs per node (--gres=gpu:N) and fedast-mpi places the ranks itself
 # (fedast_mpi/devices.py): rank 0, the server, stays on the CPU (unless run.evaluation: server);
