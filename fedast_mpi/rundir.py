@@ -31,8 +31,15 @@ class RunDirBusy(FedastError):
     exit_code = 2
 
 
+PID_EXIT_GRACE = 2.0
+"""Seconds a lock's holder on this host may take to exit before the lock counts as held: a
+resume started right after its job was SIGKILLed finds the killed rank still exiting."""
+
+
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (another user's counts)."""
+    """Whether process `pid` runs on this host (another user's counts). A zombie does not: a
+    killed rank stays one until its parent reaps it, and where nothing reaps orphans (a
+    container's init) it stays one for good."""
     if pid <= 0:
         return False
     try:
@@ -41,7 +48,12 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): it exists
+    return state not in (b"Z", b"X")
 
 
 def _flock(fd: int) -> bool:
@@ -162,7 +174,14 @@ class RunDirLock:
         if job and holder.get("slurm_job") == job and holder.get("slurm_restart") != \
                 os.environ.get("SLURM_RESTART_COUNT", "0"):
             return True
-        return holder.get("host") == socket.gethostname() and not pid_alive(int(holder["pid"]))
+        if holder.get("host") != socket.gethostname():
+            return False
+        pid, deadline = int(holder["pid"]), time.monotonic() + PID_EXIT_GRACE
+        while pid_alive(pid):  # a rank killed a moment ago may still be exiting
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def _own(self, fd: int) -> None:
         """Write our {host, pid, started} into the open, locked file and keep it open."""

@@ -15,7 +15,7 @@ import pytest
 
 from fedast_mpi.cli import main
 from fedast_mpi.errors import ConfigError, FedastError
-from fedast_mpi.rundir import LOCK_FILE, RunDirBusy, RunDirLock, check_run_dir
+from fedast_mpi.rundir import LOCK_FILE, RunDirBusy, RunDirLock, check_run_dir, pid_alive
 from fedast_mpi.runlog import RunFileError
 
 HOLD = textwrap.dedent("""
@@ -213,3 +213,20 @@ def test_lock_of_an_earlier_start_of_this_slurm_job_is_taken_over(tmp_path, monk
     write_lock(run_dir, host="node1", pid=1, started=0.0, slurm_job="42", slurm_restart="0")
     with pytest.raises(RunDirBusy):
         RunDirLock(run_dir).acquire()
+
+
+def test_a_zombie_is_not_alive():
+    """A killed rank nobody has reaped yet is a zombie: its lock is stale (pid_alive False)."""
+    proc = subprocess.Popen(["true"])
+    stat = f"/proc/{proc.pid}/stat"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # exited, not reaped (Popen.wait not called yet)
+        with open(stat, "rb") as fh:
+            if fh.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                break
+        time.sleep(0.01)
+    try:
+        assert not pid_alive(proc.pid)
+    finally:
+        proc.wait()
+    assert pid_alive(os.getpid())
