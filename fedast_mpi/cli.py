@@ -246,7 +246,7 @@ def cmd_reproduce(args) -> int:
     if args.list:
         print(rp.list_rows(rows, tab.algorithms, config_dir))
         return 0
-    if isinstance(args.seeds, bool) or args.seeds < 1:
+    if args.seeds < 1:
         raise ConfigError(f"--seeds: {args.seeds}; at least 1")
     out = out_option(args.out)
     if out is None:

@@ -42,8 +42,7 @@ from pathlib import Path
 
 import pytest
 from test_slurm import (BIN, SHARED, SLURM, TERMINAL, _sh, _slurm_answers, assert_same_events,
-                        job_env,
-                        job_records, read_logs, run_attrs, sbatch)
+                        job_env, job_records, read_logs, run_attrs, sbatch, wait_job)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -549,16 +548,9 @@ def test_anysource_receives_across_nodes_with_env_sh(two_nodes, tmp_path):
     job = sbatch(*TWO_NODE_OPTS, "--time=0:04:00", f"--output={log}", str(script),
                  cwd=tmp_path, env=job_env())
     logs = [tmp_path / f"check-{job}.out"]
-    deadline = time.monotonic() + 240
-    rec: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        recs = job_records(job)
-        rec = recs[0] if recs else {}
-        if rec.get("JobState") in TERMINAL:
-            break
-        time.sleep(1)
+    (rec,) = wait_job(job, 240, logs)
     text = read_logs(logs)
-    assert rec.get("JobState") == "COMPLETED", text
+    assert rec["JobState"] == "COMPLETED", text
     assert "check-anysource: all 9000 messages arrived (any receives, 3 senders)" in text, text
     if PYPI_MPICH_UCX:
         assert "netmod: ofi" in text, text

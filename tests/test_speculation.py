@@ -36,9 +36,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("delay", [1, 3, 12])
-def test_late_evaluations_decide_what_waiting_decides(case, delay):
+def waiting_and_late(case: str, delay: int) -> tuple[Harness, Harness]:
+    """A case run twice: evaluations known at once, and `delay` polls late (speculation)."""
     algo, tasks = CASES[case]
     accuracy = {0: lambda v: 0.95 if v >= 6 else 0.1 * (v % 5),  # reaches at version 6
                 1: lambda v: 0.95 if v >= 9 else 0.0}
@@ -47,6 +46,13 @@ def test_late_evaluations_decide_what_waiting_decides(case, delay):
     wait.run()
     late = Harness(config(tasks, **kw), accuracy, eval_delay=delay)
     late.run()
+    return wait, late
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("delay", [1, 3, 12])
+def test_late_evaluations_decide_what_waiting_decides(case, delay):
+    wait, late = waiting_and_late(case, delay)
     spec = late.server.speculation
     assert spec is not None and spec.snapshots >= 1
     assert wait.server.tasks.all_finished()  # both completions happened...
@@ -92,14 +98,7 @@ def test_snapshots_during_a_replay_keep_what_it_still_needs(case, delay, monkeyp
     the abandoned timeline (rank 0 waited for it forever: fedast-nobuffer in compare, seed 2)
     nor send again what went out. Snapshots every 3 updates make that the common case."""
     monkeypatch.setattr(speculation, "SNAPSHOT_UPDATES", 3)
-    algo, tasks = CASES[case]
-    accuracy = {0: lambda v: 0.95 if v >= 6 else 0.1 * (v % 5),
-                1: lambda v: 0.95 if v >= 9 else 0.0}
-    kw = dict(max_time=120.0, clients=40, **algo)
-    wait = Harness(config(tasks, **kw), accuracy)
-    wait.run()
-    late = Harness(config(tasks, **kw), accuracy, eval_delay=delay)
-    late.run()
+    wait, late = waiting_and_late(case, delay)
     spec = late.server.speculation
     assert spec.rollbacks >= 1 and spec.snapshots > 3
     assert rows(late) == rows(wait)
