@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from . import sequence
 from .runs import AnalysisError, Run
 
 RTOL = 1e-9  # relative tolerance of the reached_time cross-check
@@ -115,17 +116,24 @@ class Stat:
 def group_runs(runs: Iterable[Run]) -> dict[str, dict[int, Run]]:
     """Runs by algorithm then seed (algorithms in first-seen order, seeds sorted).
 
-    Two runs with the same (algorithm, seed) are an error: the metric pairs runs by seed.
+    One-task runs of distinct tasks with the same (algorithm, seed) are the parts of a
+    single-task algorithm's sequential training and become one run (`sequence.sequential`);
+    any other two runs with the same (algorithm, seed) are an error: the metric pairs runs by
+    seed.
     """
-    groups: dict[str, dict[int, Run]] = {}
+    found: dict[str, dict[int, list[Run]]] = {}
     for run in runs:
-        by_seed = groups.setdefault(run.algorithm, {})
-        if run.seed in by_seed:
-            raise AnalysisError(f"two runs of {run.algorithm} with seed {run.seed}: "
-                                f"{by_seed[run.seed].path} and {run.path}; "
-                                f"report them separately")
-        by_seed[run.seed] = run
-    return {a: dict(sorted(s.items())) for a, s in groups.items()}
+        found.setdefault(run.algorithm, {}).setdefault(run.seed, []).append(run)
+    groups: dict[str, dict[int, Run]] = {}
+    for algorithm, by_seed in found.items():
+        for seed, same in sorted(by_seed.items()):
+            if len(same) > 1 and not sequence.is_sequence(same):
+                raise AnalysisError(f"two runs of {algorithm} with seed {seed}: "
+                                    f"{same[0].path} and {same[1].path}; "
+                                    f"report them separately")
+            groups.setdefault(algorithm, {})[seed] = (
+                sequence.sequential(same) if len(same) > 1 else same[0])
+    return groups
 
 
 DIVERGED_MARK = "non-finite update"

@@ -205,16 +205,18 @@ def compare(config_or_path: ConfigSource, algorithms: str | Sequence[str],
     """Algorithms x seeds on identical clients, data and delays, as `fedast-mpi compare`
     does; returns the comparison directory `out` (absolute) on every rank.
 
-    Runs `<algorithm>-seed<k>` one after another in `out`, then rank 0 writes and prints
-    compare.md / compare.csv (`analysis.load_runs(out)` reads the runs). algorithms: names,
-    or one comma-separated string. seeds: run.seed, run.seed+1, ... overrides: as for `run`,
-    applied last (after the config's `compare:` section). only: run just that entry of the
-    plan (algorithm-major), as `--only` (no table).
+    Runs `<algorithm>-seed<k>` one after another in `out` (a single-task algorithm on M tasks:
+    `<algorithm>-seed<k>-<task>`, each task alone, chained by the analysis), then rank 0 writes
+    and prints compare.md / compare.csv (`analysis.load_runs(out)` reads the runs).
+    algorithms: names, or one comma-separated string. seeds: run.seed, run.seed+1, ...
+    overrides: as for `run`, applied last (after the config's `compare:` section). only: run
+    just that entry of the plan (algorithm-major, `fedast-mpi compare --plan`), as `--only`
+    (no table).
 
     Errors as for `run`: a failure stops the comparison at the failing run; a run that
     diverges is recorded as `diverged` and the comparison goes on.
     """
-    from fedast_mpi.comparison import plan, run_compare, run_name
+    from fedast_mpi.comparison import plan, run_compare
     from fedast_mpi.outdir import check_new_run_dir, check_writable_dir
     items = override_items(overrides)
     cfg = build_config(config_or_path, items)
@@ -232,9 +234,9 @@ def compare(config_or_path: ConfigSource, algorithms: str | Sequence[str],
     if only is not None and not 0 <= only < len(runs):
         raise ConfigError(f"only: {only} is outside the plan's 0..{len(runs) - 1}")
     check_writable_dir(out_dir)  # every rank, before MPI, creating nothing
-    for index, (algorithm, seed, _) in enumerate(runs):
+    for index, entry in enumerate(runs):
         if only is None or only == index:
-            check_new_run_dir(out_dir / run_name(algorithm, seed))
+            check_new_run_dir(out_dir / entry.name)
     _check_main_thread("compare")
 
     def job(comm) -> int:

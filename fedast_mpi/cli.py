@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run only entry INDEX of the plan (algorithm-major: a job-array task)")
     cmp_.add_argument("--summarize", action="store_true",
                       help="no runs: read the directory's run files and print the table")
+    cmp_.add_argument("--plan", action="store_true",
+                      help="no runs: print the plan as 'INDEX RUN_DIR' lines (the --only "
+                           "indices; a single-task algorithm on M tasks has M runs per seed)")
     rpr = sub.add_parser(
         "reproduce", help="a table of the paper over seeds, measured beside the paper's numbers",
         epilog="Tables: fig5-fmnist, fig5-mnist, fig5-cifar10, fig5-shakespeare (rows m2, m4, "
@@ -212,7 +215,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from fedast_mpi.comparison import plan, run_compare, run_name
+    from fedast_mpi.comparison import plan, run_compare
     from fedast_mpi.config import load_config
     from fedast_mpi.outdir import check_new_run_dir, check_writable_dir, out_option
     out = out_option(args.out)
@@ -220,14 +223,18 @@ def cmd_compare(args) -> int:
     cfg = load_config(args.config, args.overrides)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     runs = plan(cfg, algorithms, args.seeds, args.overrides)  # every config checked before MPI
+    if args.plan:
+        for index, entry in enumerate(runs):
+            print(index, out / entry.name)
+        return 0
     check_writable_dir(out)  # every rank, before MPI, creating nothing
     if args.summarize:
         from fedast_mpi.comparison import write_summary
         write_summary(cfg, algorithms, args.seeds, out, args.overrides)
         return 0
-    for index, (algorithm, seed, _) in enumerate(runs):
+    for index, entry in enumerate(runs):
         if args.only is None or args.only == index:
-            check_new_run_dir(out / run_name(algorithm, seed))
+            check_new_run_dir(out / entry.name)
     from mpi4py import MPI
     comm = MPI.COMM_WORLD.Dup()
     try:

@@ -60,12 +60,15 @@ class ClientPool:
     """
 
     def __init__(self, tier: np.ndarray, multiplier: np.ndarray, delays: list[DelayModel],
-                 seed: int, available: int | None):
+                 seed: int, available: int | None, stream_keys: list[int] | None = None):
+        """`stream_keys[m]`: the task key of task m's delay streams (default m; a task
+        trained alone keeps the streams it has in its multi-task config, `stream_index`)."""
         self.tier = tier
         self.multiplier = multiplier
         self.delays = delays
         self.seed = seed
         self.available = available
+        self.stream_keys = list(range(len(delays))) if stream_keys is None else stream_keys
         n = len(tier)
         self._mult = [float(m) for m in multiplier]  # exact: float32 -> float
         self._busy = [0.0] * n
@@ -92,7 +95,8 @@ class ClientPool:
         key = (client, task)
         rng = self._streams.get(key)
         if rng is None:
-            rng = self._streams[key] = seeding.generator(self.seed, seeding.DELAY, client, task)
+            rng = self._streams[key] = seeding.generator(self.seed, seeding.DELAY, client,
+                                                                 self.stream_keys[task])
         return rng
 
     def can_accept(self, client: int) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from fedast_mpi import registry
 from fedast_mpi.config import Config, apply_override, config_from_dict, to_dict
@@ -36,17 +36,34 @@ def _yaml_scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
 
 
-def run_name(algorithm: str, seed: int) -> str:
-    return f"{algorithm}-seed{seed}"
+def run_name(algorithm: str, seed: int, task: str | None = None) -> str:
+    """A run's directory name in the comparison; `task` for one part of a sequential run."""
+    return f"{algorithm}-seed{seed}" + (f"-{task}" if task else "")
+
+
+class PlannedRun(NamedTuple):
+    """One entry of a comparison's plan."""
+
+    algorithm: str
+    seed: int
+    config: Config
+    name: str
+    """Its directory under the comparison's out directory (`run_name`)."""
 
 
 def plan(cfg: Config, algorithms: Sequence[str], seeds: int,
-         overrides: Sequence[str] = ()) -> list[tuple[str, int, Config]]:
-    """(algorithm, seed, config) of every run, in the order they run.
+         overrides: Sequence[str] = ()) -> list[PlannedRun]:
+    """Every run of the comparison, in the order they run (algorithm-major, then seed).
 
     The registry's overrides for the algorithm apply first (static allocation for those
     without Realloc), then its `compare:` section, then the command line's `--set` items
     (`overrides`): the command line has the last word.
+
+    A single-task reference (`fedbuff`, `fedasync`) on a config of M > 1 tasks trains the
+    tasks one after another: M runs per seed, run `<algorithm>-seed<k>-<task>` training that
+    task alone (`alone`: the whole request budget, its hyper-parameters and its random streams
+    of the multi-task config, `tasks.*.stream_index`: the same initial model and delays). The
+    analysis chains them (`analysis.sequence`): each task starts when the one before it ended.
     """
     unknown = [a for a in algorithms if a not in registry.names()]
     if unknown:
@@ -65,10 +82,43 @@ def plan(cfg: Config, algorithms: Sequence[str], seeds: int,
             for item in [*expand(registry.get(algorithm).compare_overrides(), len(cfg.tasks)),
                          *expand(cfg.compare.get(algorithm, {}), len(cfg.tasks)), *overrides]:
                 apply_override(data, item)
-            data["run"]["seed"] = cfg.run.seed + k
-            data["run"]["name"] = run_name(algorithm, data["run"]["seed"])
-            runs.append((algorithm, data["run"]["seed"], config_from_dict(data)))
+            seed = data["run"]["seed"] = cfg.run.seed + k
+            if registry.get(algorithm).single_task and len(data["tasks"]) > 1:
+                for task, part in alone(data):
+                    runs.append(PlannedRun(algorithm, seed, part,
+                                           run_name(algorithm, seed, task)))
+                continue
+            data["run"]["name"] = run_name(algorithm, seed)
+            runs.append(PlannedRun(algorithm, seed, config_from_dict(data), data["run"]["name"]))
     return runs
+
+
+def alone(data: dict) -> list[tuple[str, Config]]:
+    """(task name, config training that task alone) for every task of the raw config `data`.
+
+    A task trained alone has the whole request budget, R = Σ R_m of the multi-task config
+    (resolved there), and its buffer follows R as FedAST's does when the budget of finished
+    tasks passes to the last one (`realloc.rescale_buffer`: R/b kept; the `code` variant:
+    round(R / r_to_b)); its other settings and its random streams are those it has among the
+    others.
+    """
+    from fedast_mpi.realloc import rescale_buffer
+    multi = copy.deepcopy(data)
+    multi["algorithm"]["name"] = "fedast"  # resolves the shares as a multi-task config would
+    resolved = config_from_dict(multi)
+    total = sum(t.requests or 0 for t in resolved.tasks)
+    code = resolved.algorithm.realloc.variant == "code"
+    parts = []
+    for index, task in enumerate(resolved.tasks):
+        assert task.requests is not None and task.buffer_size is not None  # resolved
+        buffer = (max(1, round(total / resolved.algorithm.r_to_b)) if code
+                  else rescale_buffer(task.buffer_size, task.requests, total))
+        one = copy.deepcopy(data)
+        one["tasks"] = [{**one["tasks"][index], "requests": total, "buffer_size": buffer,
+                         "stream_index": task.streams(index)}]
+        one["run"]["name"] = run_name(data["algorithm"]["name"], data["run"]["seed"], task.name)
+        parts.append((task.name, config_from_dict(one)))
+    return parts
 
 
 def summarize(times: dict[str, dict[int, Any]],
@@ -109,18 +159,20 @@ def run_compare(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Pat
     runs = plan(cfg, algorithms, seeds, overrides)
     if only is not None and not 0 <= only < len(runs):
         raise ConfigError(f"--only: {only} is outside the plan's 0..{len(runs) - 1}")
-    for index, (algorithm, seed, run_cfg) in enumerate(runs):
+    for index, entry in enumerate(runs):
         if only is not None and index != only:
             continue
+        what = f"{entry.algorithm}, seed {entry.seed}" + (
+            f", task {entry.config.tasks[0].name} alone"
+            if entry.name != run_name(entry.algorithm, entry.seed) else "")
         if comm.rank == 0:
-            print(f"== {algorithm}, seed {seed} ==", flush=True)
-        run_dir = out_dir / run_name(algorithm, seed)
-        code = run_job(run_cfg, run_dir, comm)
+            print(f"== {what} ==", flush=True)
+        run_dir = out_dir / entry.name
+        code = run_job(entry.config, run_dir, comm)
         if code and not comm.bcast(comm.rank == 0 and diverged(run_dir), root=0):
             return code
         if code and comm.rank == 0:
-            print(f"== {algorithm}, seed {seed}: diverged; the comparison goes on ==",
-                  flush=True)
+            print(f"== {what}: diverged; the comparison goes on ==", flush=True)
     if comm.rank == 0 and only is None:
         write_summary(cfg, algorithms, seeds, out_dir, overrides)
     return 0
@@ -137,6 +189,16 @@ def diverged(run_dir: Path) -> bool:
         return False
 
 
+def sequential_note(cfg: Config, algorithms: Sequence[str]) -> str:
+    """The sentence saying how single-task algorithms ran (empty when none did)."""
+    seq = [a for a in algorithms if registry.get(a).single_task]
+    if not seq or len(cfg.tasks) < 2:
+        return ""
+    return (f" {', '.join(seq)} (single-task) train the tasks one after another in config "
+            f"order, each alone, and a task's time counts from the start of the first "
+            f"(run directories `<algorithm>-seed<k>-<task>`).")
+
+
 def write_summary(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Path,
                   overrides: Sequence[str] = ()) -> None:
     """Read the comparison's run files; print and write compare.md and compare.csv."""
@@ -145,18 +207,21 @@ def write_summary(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: P
     from analysis import metrics
     from analysis.runs import load_run
     from fedast_mpi.schema import RUN_FILE
-    times: dict = {}
-    for algorithm, seed, _ in plan(cfg, algorithms, seeds, overrides):
-        path = out_dir / run_name(algorithm, seed) / RUN_FILE
+    runs = []
+    for entry in plan(cfg, algorithms, seeds, overrides):
+        path = out_dir / entry.name / RUN_FILE
         if not path.exists():
             raise ConfigError(f"{path}: missing; run the comparison (or its array task) first")
-        times.setdefault(algorithm, {})[seed] = metrics.run_times(load_run(path))
+        runs.append(load_run(path))
+    times = {algorithm: {seed: metrics.run_times(run) for seed, run in by_seed.items()}
+             for algorithm, by_seed in metrics.group_runs(runs).items()}
     table, rows = summarize(times)
     text = (f"# Comparison: {', '.join(algorithms)}; {seeds} seed(s) from {cfg.run.seed}\n\n"
             f"Simulated time, mean ± sample std over the seeds that reached the target "
             f"(a diverged run is named with its time and left out of means and gains); "
             f"gain = (T_baseline − T_fedast) / T_baseline on the time to completion "
-            f"(`fedast-mpi report` gives the full analysis).\n\n{table}\n")
+            f"(`fedast-mpi report` gives the full analysis).{sequential_note(cfg, algorithms)}"
+            f"\n\n{table}\n")
     (out_dir / "compare.md").write_text(text)
     with open(out_dir / "compare.csv", "w", newline="") as fh:
         csv.writer(fh).writerows(rows)

@@ -608,6 +608,15 @@ class TaskConfig(_Section):
     """Evaluate the global model every this many aggregations (>= 1)."""
     delay: DelayConfig = field(default_factory=DelayConfig)
     """Request duration model."""
+    stream_index: int | None = None
+    """Draw this task's random streams (initial model, request delays) as the task at this
+    position of a config would (>= 0); null: its own position. `compare` sets it when a
+    single-task algorithm trains one task of a multi-task config alone, so that the task starts
+    from the same model and sees the same delays as in the multi-task runs."""
+
+    def streams(self, index: int) -> int:
+        """The position this task's random streams are keyed by, when it is at `index`."""
+        return index if self.stream_index is None else self.stream_index
 
     def _check(self) -> None:
         name = self.name
@@ -655,6 +664,7 @@ class TaskConfig(_Section):
                                            self.model))
         for key in ("local_steps", "batch_size", "buffer_size", "requests", "eval_every"):
             _at_least(key, getattr(self, key), 1)
+        _at_least("stream_index", self.stream_index, 0)
         for key in ("local_lr", "global_lr"):
             _positive(key, getattr(self, key))
         _non_negative("weight_decay", self.weight_decay)

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from fedast_mpi.comparison import plan, run_compare, run_name, write_summary
+from fedast_mpi.comparison import plan, run_compare, write_summary
 from fedast_mpi.config import Config, load_config
 from fedast_mpi.errors import ConfigError
 from fedast_mpi.paper_tables import FEDAST, SYNC, TABLES, PaperRow, PaperTable
@@ -84,8 +84,8 @@ def pending(cfg: Config, algorithms: Sequence[str], seeds: int, row_dir: Path,
             overrides: Sequence[str]) -> list[int]:
     """Plan entries of a row still to run; ConfigError for a run left unfinished."""
     todo = []
-    for index, (algorithm, seed, _) in enumerate(plan(cfg, algorithms, seeds, overrides)):
-        run_dir = row_dir / run_name(algorithm, seed)
+    for index, entry in enumerate(plan(cfg, algorithms, seeds, overrides)):
+        run_dir = row_dir / entry.name
         status = status_of(run_dir)
         if status is None:
             todo.append(index)
@@ -159,9 +159,9 @@ def measure(tab: PaperTable, rows: list[tuple[PaperRow, Config]], seeds: int, ou
     result: dict[str, dict[str, dict[int, Any]]] = {}
     for row, cfg in rows:
         entries = plan(cfg, tab.algorithms, seeds, overrides)
-        paths = {(a, s): out / row.key / run_name(a, s) / RUN_FILE for a, s, _ in entries}
-        done = {seed for _, seed, _ in entries
-                if all(status_of(paths[(a, seed)].parent) in FINISHED for a in tab.algorithms)}
+        paths = {(e.algorithm, e.seed): out / row.key / e.name / RUN_FILE for e in entries}
+        done = {e.seed for e in entries
+                if all(status_of(paths[(a, e.seed)].parent) in FINISHED for a in tab.algorithms)}
         by_alg: dict[str, dict[int, Any]] = {a: {} for a in tab.algorithms}
         for (algorithm, seed), path in paths.items():
             if seed in done:

@@ -268,8 +268,10 @@ class RunLog:
             raise ValueError(f"task {task} was not added with add_task") from None
 
     def add_task(self, index: int, name: str, *, dataset: str, model: str, n_params: int,
-                 target_accuracy: float) -> None:
-        """Create /tasks/<name> with its attributes and an empty eval table."""
+                 target_accuracy: float, stream_index: int | None = None) -> None:
+        """Create /tasks/<name> with its attributes and an empty eval table. `stream_index`:
+        the task position its random streams are keyed by (default `index`; config
+        `tasks.*.stream_index`)."""
         index = int(index)
         if index in self._tasks:
             raise ValueError(f"task index {index} already added as {self._tasks[index]!r}")
@@ -281,6 +283,7 @@ class RunLog:
             g.attrs["n_params"] = np.int64(n_params)
             g.attrs["target_accuracy"] = np.float64(target_accuracy)
             g.attrs["reached_time"] = np.float64(math.nan)
+            g.attrs["stream_index"] = np.int64(index if stream_index is None else stream_index)
             _new_table(g, schema.EVAL, schema.EVAL_DTYPE)
             self._tasks[index] = name
             self._evals[index] = _Table(f"{schema.TASKS}/{name}/{schema.EVAL}",

@@ -75,7 +75,8 @@ class TaskRunner:
                                       source.input_shape, source.n_classes))
             module = build_model(task.model, task.model_args, source.input_shape,
                                  source.n_classes,
-                                 seed=seeding.int_seed(cfg.run.seed, seeding.MODEL_INIT, index))
+                                 seed=seeding.int_seed(cfg.run.seed, seeding.MODEL_INIT,
+                                                     task.streams(index)))
             if self.device.type != "cpu":
                 module = module.to(self.device)
             self.models.append(FlatModel(module))

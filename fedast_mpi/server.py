@@ -83,7 +83,8 @@ class Server:
         tier, mult = assign_tiers(cfg.clients.count, cfg.clients.tiers, seed)
         delays = [DelayModel(t.delay.shift, t.delay.exp_mean, t.delay.local_multi)
                   for t in cfg.tasks]
-        self.clients = ClientPool(tier, mult, delays, seed, cfg.clients.available)
+        self.clients = ClientPool(tier, mult, delays, seed, cfg.clients.available,
+                                  [t.streams(m) for m, t in enumerate(cfg.tasks)])
         self.book = RequestBook(seed, self.clients, len(cfg.tasks), real)
         self.speculation: Speculation | None = None
         evaluate = models.evaluate
@@ -111,7 +112,7 @@ class Server:
             sink.write_clients(tier, mult, models.n_samples)
             for t in self.tasks:
                 sink.add_task(t.index, t.name, dataset=t.cfg.dataset, model=t.cfg.model,
-                              n_params=int(t.model.size),
+                              n_params=int(t.model.size), stream_index=t.cfg.streams(t.index),
                               target_accuracy=(math.nan if t.cfg.target_accuracy is None
                                                else t.cfg.target_accuracy))
 

@@ -11,6 +11,7 @@
 #   FEDAST_SBATCH_ARGS     extra sbatch options for the array tasks (e.g. "-p gpu -A proj -n 5")
 #   FEDAST_SUMMARY_ARGS    extra sbatch options for the summary job
 #   FEDAST_SWEEP_PARALLEL  at most this many array tasks at once (--array=0-N%P)
+#   FEDAST_VENV            (default ./.venv) the fedast-mpi that counts the plan's runs
 # Prints the two job ids (also as the last line: "ARRAY_ID SUMMARY_ID").
 set -euo pipefail
 usage() { sed -n '2,15p' "$0" >&2; exit 2; }
@@ -23,8 +24,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 case $SEEDS in ''|*[!0-9]*) echo "submit-sweep.sh: error: SEEDS must be a positive integer, got '$SEEDS'" >&2; exit 2 ;; esac
 [ "$SEEDS" -ge 1 ] || { echo "submit-sweep.sh: error: SEEDS must be >= 1" >&2; exit 2; }
 IFS=, read -r -a algs <<<"$ALGORITHMS"
-A=${#algs[@]}
-[ "$A" -ge 1 ] || { echo "submit-sweep.sh: error: no algorithms" >&2; exit 2; }
+[ "${#algs[@]}" -ge 1 ] || { echo "submit-sweep.sh: error: no algorithms" >&2; exit 2; }
+VENV=${FEDAST_VENV:-$PWD/.venv}
+FEDAST=fedast-mpi
+if [ "$VENV" != none ] && [ -x "$VENV/bin/fedast-mpi" ]; then FEDAST=$VENV/bin/fedast-mpi; fi
 if [ "$CONFIG" != default ] && [ ! -r "$CONFIG" ]; then
     echo "submit-sweep.sh: error: config $CONFIG not readable" >&2; exit 2
 fi
@@ -34,8 +37,13 @@ if [ -z "$OUT" ]; then
 fi
 case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
 case $CONFIG in default|/*) ;; *) CONFIG=$PWD/$CONFIG ;; esac
+CONFIG_ARG=()
+[ "$CONFIG" = default ] || CONFIG_ARG=("$CONFIG")
+# the plan's runs (a single-task algorithm on M tasks has M per seed); checks config and --set
+N=$("$FEDAST" compare "${CONFIG_ARG[@]}" --algorithms "$ALGORITHMS" --seeds "$SEEDS" \
+    --out "$OUT" --plan "$@" | wc -l) || exit 2
+[ "$N" -ge 1 ] || exit 2
 mkdir -p "$OUT"
-N=$((A * SEEDS))
 ARRAY=0-$((N - 1))${FEDAST_SWEEP_PARALLEL:+%$FEDAST_SWEEP_PARALLEL}
 
 # shellcheck disable=SC2086  # the *_ARGS are option lists on purpose

@@ -28,8 +28,10 @@ def test_expand_wildcards_every_task():
 def test_plan_same_seeds_per_algorithm_and_overrides():
     cfg = load_config(CONFIG, ["algorithm.allocation=dynamic"])
     runs = plan(cfg, ["fedast", "sync"], 2)
-    assert [(a, s) for a, s, _ in runs] == [("fedast", 0), ("fedast", 1), ("sync", 0), ("sync", 1)]
-    by = {(a, s): c for a, s, c in runs}
+    assert [(e.algorithm, e.seed) for e in runs] == [("fedast", 0), ("fedast", 1), ("sync", 0),
+                                                     ("sync", 1)]
+    assert [e.name for e in runs] == ["fedast-seed0", "fedast-seed1", "sync-seed0", "sync-seed1"]
+    by = {(e.algorithm, e.seed): e.config for e in runs}
     assert by[("fedast", 0)].algorithm.allocation == "dynamic"
     assert by[("sync", 0)].algorithm.allocation == "static"  # Realloc is FedAST's
     assert all(t.global_lr == 3.0 for t in by[("sync", 1)].tasks)
@@ -98,7 +100,7 @@ def test_plan_accepts_per_algorithm_weights():
     cfg = load_config(CONFIG)
     cfg = cfg.__class__(**{**{f: getattr(cfg, f) for f in ("run", "algorithm", "clients", "tasks")},
                            "compare": {"sync": {"tasks.0.requests": 30}}})
-    runs = {a: c for a, _, c in plan(cfg, ["fedast", "sync"], 1)}
+    runs = {e.algorithm: e.config for e in plan(cfg, ["fedast", "sync"], 1)}
     assert [t.requests for t in runs["sync"].tasks] == [30, 24, 24]
     assert runs["sync"].algorithm.total_requests == 78
     assert runs["fedast"].algorithm.total_requests == 72
@@ -125,7 +127,20 @@ def test_command_line_overrides_win_over_the_compare_section():
     cfg = load_config(CONFIG)
     cfg = cfg.__class__(**{**{f: getattr(cfg, f) for f in ("run", "algorithm", "clients", "tasks")},
                            "compare": {"sync": {"run.max_time": 99999}}})
-    runs = {a: c for a, _, c in plan(cfg, ["fedast", "sync"], 1, ["run.max_time=50"])}
+    runs = {e.algorithm: e.config for e in plan(cfg, ["fedast", "sync"], 1, ["run.max_time=50"])}
     assert runs["sync"].run.max_time == 50 and runs["fedast"].run.max_time == 50
-    runs = {a: c for a, _, c in plan(cfg, ["sync"], 1)}
+    runs = {e.algorithm: e.config for e in plan(cfg, ["sync"], 1)}
     assert runs["sync"].run.max_time == 99999
+
+
+@pytest.mark.launch
+def test_plan_option_lists_the_runs_and_writes_nothing(tmp_path):
+    out = tmp_path / "cmp"
+    res = launch(0, "compare", CONFIG, "--algorithms", "fedast,fedbuff", "--seeds", "2",
+                 "--out", str(out), "--plan")
+    assert res.rc == 0, res.stderr
+    names = ["fedast-seed0", "fedast-seed1"] + [
+        f"fedbuff-seed{k}-{t}" for k in (0, 1)
+        for t in ("digits-iid", "digits-dirichlet", "synthetic-1-1")]
+    assert res.stdout.splitlines() == [f"{i} {out / n}" for i, n in enumerate(names)]
+    assert not out.exists()

@@ -55,7 +55,7 @@ def test_values_are_the_papers(path):
         assert raw["algorithm"]["allocation"] == "dynamic"
         assert [t["requests"] for t in raw["tasks"]] == [96] * 4
     cfg = config_from_dict(embedded_stand_in(raw))
-    (_, _, fedast), (_, _, sync) = plan(cfg, ["fedast", "sync"], 1)  # every override applies
+    fedast, sync = (e.config for e in plan(cfg, ["fedast", "sync"], 1))  # every override applies
     assert [t.local_lr for t in sync.tasks] == [EXPECTED[t["dataset"]][1] for t in raw["tasks"]]
     assert [t.global_lr for t in sync.tasks] == [1.0] * len(raw["tasks"])
     assert [t.global_lr for t in fedast.tasks] == [0.1] * len(raw["tasks"])

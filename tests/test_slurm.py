@@ -283,30 +283,33 @@ def assert_same_events(path, ref_path):
 
 @pytest.mark.timeout(600)
 def test_sweep_array(slurm_cluster, tmp_path):
-    """submit-sweep.sh: a job array over fedast,sync x 1 seed and the dependent summary job
-    produce one comparison directory with both runs and compare.md."""
+    """submit-sweep.sh: a job array over fedast,fedbuff x 1 seed and the dependent summary job
+    produce one comparison directory with every run and compare.md. fedbuff, a single-task
+    algorithm, trains the three tasks alone (three array tasks, sized from `compare --plan`)."""
     out = tmp_path / "sweep"
     env = job_env(
         FEDAST_SBATCH_ARGS=" ".join([*JOB_OPTS, f"--output={tmp_path}/%x-%A_%a.out"]),
         FEDAST_SUMMARY_ARGS=f"--output={tmp_path}/%x-%j.out",
     )
     res = _sh(str(SLURM / "submit-sweep.sh"), str(REPO / "configs" / "compare-embedded.yaml"),
-              "fedast,sync", "1", str(out), "--set", "run.max_time=300", *CPU_PIN, cwd=tmp_path,
-              env=env)
+              "fedast,fedbuff", "1", str(out), "--set", "run.max_time=300", *CPU_PIN,
+              cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "--array=0-1" in res.stdout, res.stdout
+    assert "--array=0-3" in res.stdout, res.stdout
     array_id, summary_id = res.stdout.strip().splitlines()[-1].split()
     logs = [tmp_path / "fedast-sweep*.out"]
-    tasks = wait_job(array_id, 420, logs)
+    tasks = wait_job(array_id, 480, logs)
     text = read_logs(logs)
-    assert len(tasks) == 2 and all(t["JobState"] == "COMPLETED" for t in tasks), text
+    assert len(tasks) == 4 and all(t["JobState"] == "COMPLETED" for t in tasks), text
     (summary,) = wait_job(summary_id, 120, logs)
     text = read_logs(logs)
     assert summary["JobState"] == "COMPLETED", text
-    for name in ("fedast-seed0", "sync-seed0"):
+    names = ["fedast-seed0", *(f"fedbuff-seed0-{t}" for t in
+                               ("digits-iid", "digits-dirichlet", "synthetic-1-1"))]
+    for name in names:
         assert run_attrs(out / name / "run.h5")["status"] == "completed", text
     md = (out / "compare.md").read_text()
-    assert "| fedast |" in md and "| sync |" in md, md
+    assert "| fedast |" in md and "| fedbuff |" in md and "one after another" in md, md
     assert (out / "compare.csv").exists()
 
 
