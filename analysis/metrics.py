@@ -163,6 +163,11 @@ def run_times(run: Run) -> RunTimes:
     return RunTimes(run, times, completion(times.values()), is_diverged(run))
 
 
+def group_times(groups: dict[str, dict[int, Run]]) -> dict[str, dict[int, RunTimes]]:
+    """`run_times` of every run of `group_runs`' groups, in the same shape."""
+    return {a: {s: run_times(r) for s, r in by_seed.items()} for a, by_seed in groups.items()}
+
+
 def completed(by_seed: dict[int, RunTimes]) -> dict[int, RunTimes]:
     """The seeds whose run did not diverge (means and gains are computed over these)."""
     return {s: rt for s, rt in by_seed.items() if not rt.diverged}

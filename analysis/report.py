@@ -77,8 +77,7 @@ def build_report(runs: list[Run], reference: str | None = None,
     if not runs:
         raise AnalysisError("no run files given")
     groups = metrics.group_runs(runs)
-    times = {a: {s: metrics.run_times(r) for s, r in by_seed.items()}
-             for a, by_seed in groups.items()}
+    times = metrics.group_times(groups)
     reference, chosen = _choose(groups, reference, list(baselines))
     tasks: list[str] = []
     for run in runs:

@@ -62,12 +62,11 @@ def sequential(parts: Sequence[Run]) -> Run:
             if "request" in _fields(rows):
                 rows["request"] += r0
             tables[key].append(rows)
+        t0 += part.end_time
         if part.status not in FINISHED:
             status = part.status
             reason = f"task {task.name}: {part.attrs.get('stop_reason', '')}".rstrip(": ")
-            t0 += part.end_time
             break
-        t0 += part.end_time
         w0 += _wall_end(part)
         if len(part.events):
             r0 += int(np.max(part.events["request"])) + 1

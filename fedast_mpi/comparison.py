@@ -47,8 +47,13 @@ class PlannedRun(NamedTuple):
     algorithm: str
     seed: int
     config: Config
-    name: str
-    """Its directory under the comparison's out directory (`run_name`)."""
+    task: str | None = None
+    """The task a single-task algorithm trains alone in this run (one part of a sequence)."""
+
+    @property
+    def name(self) -> str:
+        """Its directory under the comparison's out directory (`run_name`)."""
+        return run_name(self.algorithm, self.seed, self.task)
 
 
 def plan(cfg: Config, algorithms: Sequence[str], seeds: int,
@@ -84,17 +89,16 @@ def plan(cfg: Config, algorithms: Sequence[str], seeds: int,
                 apply_override(data, item)
             seed = data["run"]["seed"] = cfg.run.seed + k
             if registry.get(algorithm).single_task and len(data["tasks"]) > 1:
-                for task, part in alone(data):
-                    runs.append(PlannedRun(algorithm, seed, part,
-                                           run_name(algorithm, seed, task)))
+                runs += [PlannedRun(algorithm, seed, part, part.tasks[0].name)
+                         for part in alone(data)]
                 continue
             data["run"]["name"] = run_name(algorithm, seed)
-            runs.append(PlannedRun(algorithm, seed, config_from_dict(data), data["run"]["name"]))
+            runs.append(PlannedRun(algorithm, seed, config_from_dict(data)))
     return runs
 
 
-def alone(data: dict) -> list[tuple[str, Config]]:
-    """(task name, config training that task alone) for every task of the raw config `data`.
+def alone(data: dict) -> list[Config]:
+    """The config training each task of the raw config `data` alone, in task order.
 
     A task trained alone has the whole request budget, R = Σ R_m of the multi-task config
     (resolved there), and its buffer follows R as FedAST's does when the budget of finished
@@ -106,7 +110,8 @@ def alone(data: dict) -> list[tuple[str, Config]]:
     multi = copy.deepcopy(data)
     multi["algorithm"]["name"] = "fedast"  # resolves the shares as a multi-task config would
     resolved = config_from_dict(multi)
-    total = sum(t.requests or 0 for t in resolved.tasks)
+    total = resolved.algorithm.total_requests
+    assert total is not None  # resolved: the sum of the tasks' requests
     code = resolved.algorithm.realloc.variant == "code"
     parts = []
     for index, task in enumerate(resolved.tasks):
@@ -117,7 +122,7 @@ def alone(data: dict) -> list[tuple[str, Config]]:
         one["tasks"] = [{**one["tasks"][index], "requests": total, "buffer_size": buffer,
                          "stream_index": task.streams(index)}]
         one["run"]["name"] = run_name(data["algorithm"]["name"], data["run"]["seed"], task.name)
-        parts.append((task.name, config_from_dict(one)))
+        parts.append(config_from_dict(one))
     return parts
 
 
@@ -163,8 +168,7 @@ def run_compare(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: Pat
         if only is not None and index != only:
             continue
         what = f"{entry.algorithm}, seed {entry.seed}" + (
-            f", task {entry.config.tasks[0].name} alone"
-            if entry.name != run_name(entry.algorithm, entry.seed) else "")
+            f", task {entry.task} alone" if entry.task else "")
         if comm.rank == 0:
             print(f"== {what} ==", flush=True)
         run_dir = out_dir / entry.name
@@ -213,9 +217,7 @@ def write_summary(cfg: Config, algorithms: Sequence[str], seeds: int, out_dir: P
         if not path.exists():
             raise ConfigError(f"{path}: missing; run the comparison (or its array task) first")
         runs.append(load_run(path))
-    times = {algorithm: {seed: metrics.run_times(run) for seed, run in by_seed.items()}
-             for algorithm, by_seed in metrics.group_runs(runs).items()}
-    table, rows = summarize(times)
+    table, rows = summarize(metrics.group_times(metrics.group_runs(runs)))
     text = (f"# Comparison: {', '.join(algorithms)}; {seeds} seed(s) from {cfg.run.seed}\n\n"
             f"Simulated time, mean ± sample std over the seeds that reached the target "
             f"(a diverged run is named with its time and left out of means and gains); "
