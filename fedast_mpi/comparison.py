@@ -101,25 +101,24 @@ def alone(data: dict) -> list[Config]:
     """The config training each task of the raw config `data` alone, in task order.
 
     A task trained alone has the whole request budget, R = Σ R_m of the multi-task config
-    (resolved there), and its buffer follows R as FedAST's does when the budget of finished
-    tasks passes to the last one (`realloc.rescale_buffer`: R/b kept; the `code` variant:
-    round(R / r_to_b)); its other settings and its random streams are those it has among the
-    others.
+    (resolved there), and its buffer follows R as static FedAST's does when the budget of
+    finished tasks passes to the last one (`StaticAllocation.buffer_after_handover`: R/b kept;
+    single-task algorithms run static); its other settings and its random streams are those it
+    has among the others.
     """
-    from fedast_mpi.realloc import rescale_buffer
+    from fedast_mpi.allocation import StaticAllocation
     multi = copy.deepcopy(data)
     multi["algorithm"]["name"] = "fedast"  # resolves the shares as a multi-task config would
     resolved = config_from_dict(multi)
     total = resolved.algorithm.total_requests
     assert total is not None  # resolved: the sum of the tasks' requests
-    code = resolved.algorithm.realloc.variant == "code"
+    handover = StaticAllocation([t.requests or 0 for t in resolved.tasks],
+                                [t.buffer_size or 0 for t in resolved.tasks])
     parts = []
     for index, task in enumerate(resolved.tasks):
-        assert task.requests is not None and task.buffer_size is not None  # resolved
-        buffer = (max(1, round(total / resolved.algorithm.r_to_b)) if code
-                  else rescale_buffer(task.buffer_size, task.requests, total))
         one = copy.deepcopy(data)
-        one["tasks"] = [{**one["tasks"][index], "requests": total, "buffer_size": buffer,
+        one["tasks"] = [{**one["tasks"][index], "requests": total,
+                         "buffer_size": handover.buffer_after_handover(index, total),
                          "stream_index": task.streams(index)}]
         one["run"]["name"] = run_name(data["algorithm"]["name"], data["run"]["seed"], task.name)
         parts.append(config_from_dict(one))

@@ -46,8 +46,9 @@ def test_a_single_task_algorithm_trains_each_task_alone():
     assert (hard.name, hard.requests, hard.buffer_size, hard.stream_index) == ("hard", 10, 5, 1)
     assert hard.local_lr == 0.03 and hard.delay.shift == 2.0
     assert parts[1].run.name == "fedbuff-seed3-hard" and parts[1].algorithm.total_requests == 10
+    # single-task algorithms run static: the static hand-over rule, whatever Realloc's variant
     code = plan(_cfg(realloc={"variant": "code"}, r_to_b=4.0), ["fedbuff"], 1)
-    assert [e.config.tasks[0].buffer_size for e in code] == [2, 2]  # round(10 / 4)
+    assert [e.config.tasks[0].buffer_size for e in code] == [5, 5]
     # a one-task config runs as before: one run per seed
     one = plan(make_config(TASKS[:1], clients=20, seed=3), ["fedbuff"], 1)
     assert [e.name for e in one] == ["fedbuff-seed3"]
