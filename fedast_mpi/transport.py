@@ -252,7 +252,12 @@ class ServerTransport:
         since = time.monotonic()
         with self.wait:
             while True:
-                self.progress()
+                # Drain before sleeping: a pass lands at most the posted receives, and
+                # workers that trained ahead may have hundreds of updates waiting; the one
+                # awaited can be behind all of them (landing 8 per sleep stalled rank 0 for
+                # ~1 s at 16 emulated workers).
+                while self.progress() and not done():
+                    pass
                 if done():
                     break
                 # Other arrivals do not reset the backoff: they say nothing of when the one

@@ -156,6 +156,28 @@ def test_server_does_not_spin_while_waiting():
     with_workers(server, runner=EchoRunner(sleep=0.8))
 
 
+def test_a_wait_lands_everything_that_arrived_before_sleeping():
+    """Far more updates than posted receives wait at rank 0 (workers that trained ahead): the
+    first wait lands them all, pass after pass, with (nearly) no sleep in between (one pass lands at
+    most the posted receives; sleeping after each stalled rank 0 for ~1 s at 16 workers)."""
+    n = 40
+
+    def server(st):
+        for rid in range(n):
+            req = Request(rid, 1, client=rid, base_version=0, dispatch_time=0.0,
+                          finish_time=float(rid), seed=rid)
+            st.submit([Work(req, model(1, 0))])
+        time.sleep(2.0)  # every worker has trained and sent its share (EchoRunner: at once)
+        before = st.wait.wakeups
+        for rid in reversed(range(n)):
+            st.free(st.wait_for(rid))
+        # a pass may find a transfer under way (one sleep); landing 8 per sleep took ~40
+        assert st.wait.wakeups - before <= 2, "rank 0 slept while updates were waiting"
+        assert not st.landed
+
+    with_workers(server)
+
+
 def test_groups_go_to_one_worker_with_each_model_once():
     """A group mixes base versions (non-decreasing by id); all of it lands, from one worker."""
     def server(st):
