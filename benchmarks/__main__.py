@@ -82,6 +82,7 @@ ONCE = ("scale", "batched", "scaling")  # measured in the first repetition only
 DEFAULT_REPS, QUICK_REPS = 5, 3
 RUN_TIMEOUT = 600
 SCALE_TIMEOUT = 3600
+SCALING_TIMEOUT = 3 * 3600  # both workloads take about an hour on 2 cores (CIFAR-10: ~35 min)
 SCALING_WORKERS = "1,2,4,8,16,32,64"
 GROUPS = (1, 4, 16)
 IO_STATES = {"default job": "small", "MNIST MLP": "mnist-mlp"}  # checkpoint label -> workload
@@ -170,21 +171,23 @@ class Session:
         self.counter += 1
         return self.tmp / f"{self.counter:03d}-{label}"
 
-    def _exec(self, cmd: list[str], timeout: float = RUN_TIMEOUT
+    def _exec(self, cmd: list[str], timeout: float = RUN_TIMEOUT, live: bool = False
               ) -> tuple[subprocess.CompletedProcess | None, float, str]:
+        """Run cmd; `live`: its stderr (progress lines) goes straight to ours."""
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env,
-                                  timeout=timeout, cwd=str(HERE.parent))
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE,
+                                  stderr=None if live else subprocess.PIPE, text=True,
+                                  env=self.env, timeout=timeout, cwd=str(HERE.parent))
             return proc, time.perf_counter() - t0, ""
         except subprocess.TimeoutExpired as exc:
             err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
             return None, time.perf_counter() - t0, f"timed out after {timeout:.0f} s\n{err}"
 
-    def _json_tool(self, key: str, cmd: list[str], out: Path, timeout: float = RUN_TIMEOUT
-                   ) -> dict:
+    def _json_tool(self, key: str, cmd: list[str], out: Path, timeout: float = RUN_TIMEOUT,
+                   live: bool = False) -> dict:
         """Run a script that writes its JSON record to `out` (the last arguments of cmd)."""
-        proc, total, why = self._exec(cmd, timeout)
+        proc, total, why = self._exec(cmd, timeout, live)
         if proc is None or proc.returncode != 0 or not out.exists():
             return self.fail(key, cmd, proc, why)
         rec = json.loads(out.read_text())
@@ -318,7 +321,7 @@ class Session:
         cmd = [sys.executable, "-m", "benchmarks.scaling", "--workers",
                "1,4,16" if self.quick else SCALING_WORKERS,
                "--workloads", self.scaling_workloads, "--json", str(out)]
-        return self._json_tool("scaling", cmd, out, timeout=SCALE_TIMEOUT)
+        return self._json_tool("scaling", cmd, out, timeout=SCALING_TIMEOUT, live=True)
 
     def measure(self, key: str) -> dict:
         kind, *rest = key.split(":")
@@ -745,6 +748,18 @@ def _row_benchmark(row: str) -> str:
     return row.strip("| ").split("|")[0].split(",")[0].strip()
 
 
+def _provenance(old_heads: list[str], kept: Sequence[str]) -> str:
+    """The header line that says where the kept rows were measured: the old block's "Other
+    rows: NAMES; Measured ..." when it names them all (they were kept once before), else the
+    old block's own "Measured ..." line."""
+    for line in old_heads:
+        if line.startswith("Other rows: "):
+            names, _, measured = line.removeprefix("Other rows: ").partition("; ")
+            if set(kept) <= {n.strip() for n in names.split(",")}:
+                return measured
+    return next((h for h in old_heads if h.startswith("Measured ")), "")
+
+
 def update_readme(path: Path, md: str, machine: dict, command: str,
                   names: Sequence[str]) -> None:
     """Replace the README's measured block (between the markers) with this run's table.
@@ -778,8 +793,7 @@ def update_readme(path: Path, md: str, machine: dict, command: str,
             by_name.setdefault(_row_benchmark(r), []).append(r)
         rows = lines[:2] + [r for n in BENCHMARKS for r in by_name.get(n, [])]
         md = "\n".join(rows + lines[table_end + 1:])
-        old = " ".join(h.removeprefix("Other rows: ") for h in old_heads[:1])
-        head += f"\n\nOther rows: {', '.join(others)}; {old}"
+        head += f"\n\nOther rows: {', '.join(others)}; {_provenance(old_heads, others)}"
     path.write_text(f"{before}{README_BEGIN}\n{head}\n\n{md}\n{README_END}{after}")
     print(f"README table updated: {path}")
 

@@ -12,7 +12,9 @@
    `fedast_mpi.speculation`; workers-wait: the same but rank 0 waits for every result), one
    virtual-clock run whose `max_time`
    makes about `--updates-per-worker` × W updates, so every run lasts about the same wall time
-   if the server keeps up (server mode: × min(W, 16), since rank 0 caps it well below W = 16).
+   if the server keeps up. Server mode: × min(W, cap), cap = 4 × the W at which rank 0's
+   evaluations alone saturate it (from the calibration; at most 16): past it every run
+   measures the same ceiling, in a bounded time (CIFAR-10: 9 s per evaluation, cap 8).
    Emulated workers are niced: they sleep, and yield the cores to rank 0.
 3. From the run file: updates/s over the training loop (`updates_processed / wall_seconds`),
    efficiency = updates/s ÷ (W × updates/s at W = 1, same evaluation mode), rank 0's busy
@@ -31,6 +33,7 @@ format (10,000 test images). The JSON record goes to --json or stdout (`benchmar
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -97,6 +100,20 @@ def calibrate(config: str, sets: list[str], out: Path, reps: int = 5) -> dict:
     return {"tasks": [t.__dict__ for t in timings],
             "eval_chunks": [n_chunks(runner.n_test(i)) for i in range(len(cfg.tasks))],
             "test_samples": [runner.n_test(i) for i in range(len(cfg.tasks))]}
+
+
+def server_cap(config: str, sets: list[str], cal: dict) -> int:
+    """Workers past which server-mode runs keep their update count: 4 × W_sat, where W_sat =
+    (seconds of training per update) / (rank 0's evaluation seconds per update), i.e. the W at
+    which rank 0, evaluating every task's eval_every-th aggregation on its own, is busy all the
+    time; capped at SERVER_CAP."""
+    from fedast_mpi.config import load_config
+    cfg = load_config(config, sets)
+    train = statistics.mean(t["train_seconds"] for t in cal["tasks"])
+    per_update = statistics.mean(
+        t["eval_chunk_seconds"] * n / (task.eval_every * (task.buffer_size or 1))
+        for t, n, task in zip(cal["tasks"], cal["eval_chunks"], cfg.tasks))
+    return max(1, min(SERVER_CAP, math.ceil(4 * train / per_update)))
 
 
 def updates_per_time(config: str, sets: list[str]) -> tuple[float, float]:
@@ -199,17 +216,19 @@ def main(argv=None) -> int:
         calib = tmp / f"{name}-calibration.json"
         cal = calibrate(config, sets, calib)
         rate, first = updates_per_time(config, sets)
+        cap = server_cap(config, sets, cal)
         print(f"{name}: {what}; calibrated {cal['tasks'][0]['train_seconds'] * 1e3:.1f} ms per "
               f"request, {cal['tasks'][0]['eval_chunk_seconds'] * 1e3:.1f} ms per test chunk "
-              f"({cal['eval_chunks'][0]} chunks); ~{rate:.1f} updates per time unit",
+              f"({cal['eval_chunks'][0]} chunks); ~{rate:.1f} updates per time unit; server "
+              f"mode keeps the update count of W = {cap} past it",
               file=sys.stderr, flush=True)
         runs = []
         for w in [int(x) for x in args.workers.split(",")]:
             for mode in args.modes.split(","):
-                # rank 0 evaluating caps the server mode at a few dozen updates/s: past
-                # SERVER_CAP workers its runs keep the update count of SERVER_CAP, so that they
-                # measure the same ceiling in a bounded time
-                n = min(w, SERVER_CAP) if mode == "server" else w
+                # rank 0 evaluating caps the server mode: past `cap` workers its runs keep
+                # the update count of `cap`, so that they measure the same ceiling in a
+                # bounded time
+                n = min(w, cap) if mode == "server" else w
                 max_time = first + args.updates_per_worker * n / rate
                 rec = run_one(config, sets, calib, w, mode, max_time, tmp / f"{name}-{mode}-{w}")
                 runs.append(rec)
@@ -220,6 +239,7 @@ def main(argv=None) -> int:
                 print(f"  {name} W={w:<3} eval on {mode:<7} {brief}", file=sys.stderr,
                       flush=True)
         record["workloads"][name] = {"data": what, "config": rel, "calibration": cal,
+                                     "server_cap": cap,
                                      "updates_per_time_unit": rate, "runs": runs,
                                      "summary": summarize(runs)}
     emit(record, args.json)

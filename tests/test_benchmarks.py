@@ -64,6 +64,30 @@ def test_benchmark_workloads_are_valid_configs(tmp_path):
                 assert ds in {t.dataset for t in cfg.tasks}
 
 
+def test_scaling_server_cap_and_efficiency():
+    """The server mode keeps the update count of 4 × the W at which rank 0's evaluations
+    saturate it (CIFAR-10's 9 s evaluations: 8; Fashion-MNIST's: the cap of 16), and the
+    summary divides by W × the W = 1 rate of the same mode."""
+    from benchmarks import scaling
+    sets = scaling.overrides("data", 2)
+
+    def cal(train, chunk):
+        return {"tasks": [{"train_seconds": train, "eval_chunk_seconds": chunk}] * 2,
+                "eval_chunks": [10, 10]}
+    cifar = str(ROOT / scaling.WORKLOADS["cifar"][0])
+    fmnist = str(ROOT / scaling.WORKLOADS["fmnist"][0])
+    # eval every 4 aggregations of b = 5: 0.9 s × 10 chunks / 20 updates = 0.45 s per update
+    assert scaling.server_cap(cifar, sets, cal(0.8, 0.9)) == 8  # ceil(4 × 0.8 / 0.45)
+    assert scaling.server_cap(fmnist, sets, cal(0.065, 0.028)) == scaling.SERVER_CAP
+    assert scaling.server_cap(cifar, sets, cal(0.01, 10.0)) == 1
+    runs = [{"workers": w, "mode": "server", "ok": True, "updates": 10 * w,
+             "updates_per_second": ups, "busy_fraction": 0.5, "serial_seconds_per_update": s}
+            for w, ups, s in ((1, 2.0, 0.1), (4, 6.0, 0.25))]
+    rows = scaling.summarize(runs)["server"]
+    assert [r["efficiency"] for r in rows] == [1.0, 0.75]
+    assert rows[1]["ceiling_efficiency"] == 0.5  # 1 / (0.25 s × 4 × 2 upd/s)
+
+
 # -- scripts -------------------------------------------------------------------------------
 
 @pytest.mark.launch
@@ -184,3 +208,22 @@ def test_driver_rejects_unknown_names(capsys):
     with pytest.raises(SystemExit):
         drv.main(["nope"])
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_readme_keeps_where_the_other_rows_were_measured(tmp_path):
+    """Re-measuring one benchmark twice keeps the other rows' own header line, not the header
+    of the partial run before (which had put the scaling command on the overhead rows)."""
+    from benchmarks.__main__ import README_BEGIN, README_END, update_readme
+    machine = {"date": "2026-12-02T10:00", "cpu_model": "CPU", "cores": 2, "hostname": "vm",
+               "versions": {"torch": "t", "mpi4py": "m", "mpich": "5"}, "python": "3.11"}
+    table = "| benchmark | x |\n|---|---|\n| {} | {} |\n\nnote"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{README_BEGIN}\nMeasured 2026-11-24 full; command `all`.\n\n"
+                      f"| benchmark | x |\n|---|---|\n| overhead, job | 1 |\n| scaling, a | 2 |\n"
+                      f"{README_END}\nbottom\n")
+    for value in (3, 4):
+        update_readme(readme, table.format("scaling, a", value), machine, "scaling", ["scaling"])
+        text = readme.read_text()
+        assert "Other rows: overhead; Measured 2026-11-24 full; command `all`." in text
+        assert f"| scaling, a | {value} |" in text and "| overhead, job | 1 |" in text
+        assert text.count("Other rows: ") == 1 and text.endswith(f"{README_END}\nbottom\n")
