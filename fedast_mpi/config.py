@@ -541,6 +541,9 @@ class PartitionConfig(_Section):
     """Dirichlet concentration, in [1e-6, 1e6]; smaller is more heterogeneous."""
     samples_per_client: int | None = None
     """Training samples per client (>= 1); null splits the whole training set."""
+    refill: Literal["class", "all"] = "class"
+    """dirichlet: when a class's pool of samples runs out, `class` refills that class's pool
+    alone; `all` puts every used sample of every class back (the authors' DirichletLoader)."""
 
     def _check(self) -> None:
         _positive("alpha", self.alpha)

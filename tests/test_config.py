@@ -216,6 +216,8 @@ BAD = [
     ("tasks.0.partition.alpha", 0, "tasks.0.partition.alpha: must be > 0"),
     ("tasks.0.partition.samples_per_client", 0,
      "tasks.0.partition.samples_per_client: must be >= 1"),
+    ("tasks.0.partition.refill", "some",
+     "tasks.0.partition.refill: expected one of class, all; got 'some'"),
     # catalog
     ("tasks.0.dataset", "mnist-x",
      "tasks.0.dataset: unknown dataset 'mnist-x' (known: digits, synthetic, mnist"),

@@ -66,6 +66,12 @@ def test_identical_tasks_with_other_names_share_shards():
     assert same(a, b)
     c = load_task_data(task(kind="dirichlet", alpha=0.2, spc=30, name="first"), 20, 3)
     assert not same(a, c)
+    # refill: the default is the partition drawn before the key existed; 'all' is another
+    explicit = task(kind="dirichlet", alpha=0.1, spc=30, name="first")
+    explicit.partition.refill = "class"
+    assert same(a, load_task_data(explicit, 20, 3))
+    explicit.partition.refill = "all"
+    assert not same(a, load_task_data(explicit, 20, 3))
     # 1 and 1.0 are the same config value
     s1 = load_task_data(task("synthetic", dict(SYN, alpha=1), kind="iid", name="x"), 5, 0)
     s2 = load_task_data(task("synthetic", dict(SYN, alpha=1.0), kind="iid", name="y"), 5, 0)
@@ -133,3 +139,21 @@ def test_dirichlet_sizes_and_skew():
     assert sum((few[s] == 0).sum() for s in p) > 3
     with pytest.raises(ConfigError):
         dirichlet_partition(few, 10, 0.0, 20, np.random.default_rng(3))
+
+
+def test_dirichlet_refill_all_puts_every_class_back():
+    """refill 'class' uses every sample of a class before any repeats; 'all' (the authors')
+    restarts every pool when one runs out, so samples late in a pool go unused; the default
+    draws what it drew before the option existed (same stream, same shards)."""
+    labels = np.repeat(np.arange(4), [10, 400, 400, 400])  # class 0 runs out first
+    rng = np.random.default_rng
+
+    def unused(refill):
+        shards = dirichlet_partition(labels, 60, 0.1, 20, rng(4), refill)
+        assert [len(s) for s in shards] == [20] * 60
+        return 1210 - len(np.unique(np.concatenate(shards)))
+    assert unused("class") < unused("all")
+    assert [s.tolist() for s in dirichlet_partition(labels, 60, 0.1, 20, rng(4))] == \
+        [s.tolist() for s in dirichlet_partition(labels, 60, 0.1, 20, rng(4), "class")]
+    with pytest.raises(ConfigError, match="refill"):
+        dirichlet_partition(labels, 6, 0.1, 20, rng(4), "some")

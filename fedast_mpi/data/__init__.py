@@ -123,10 +123,18 @@ def source_key(task, n_clients: int, seed: int) -> str:
 def partition_key(task) -> str:
     """The partition settings that, with the source, the clients and the seed, decide a task's
     shards (canonical as the partition stream's key: tasks with equal keys get equal shards)."""
-    part = task.partition
-    return json.dumps(_canon({"kind": part.kind, "alpha": part.alpha,
-                              "samples_per_client": part.samples_per_client}),
-                      sort_keys=True, separators=(",", ":"))
+    return json.dumps(_canon(_partition_fields(task.partition)), sort_keys=True,
+                      separators=(",", ":"))
+
+
+def _partition_fields(part) -> dict:
+    """The partition's settings that key its stream; `refill` only when not the default, so
+    the shards of configs without it are what they were before it existed."""
+    fields = {"kind": part.kind, "alpha": part.alpha,
+              "samples_per_client": part.samples_per_client}
+    if getattr(part, "refill", "class") != "class":
+        fields["refill"] = part.refill
+    return fields
 
 
 def load_source(task, n_clients: int, seed: int) -> Source:
@@ -161,8 +169,7 @@ def partition(task, source: Source, n_clients: int, seed: int) -> tuple[np.ndarr
     """
     name, args, part = _check_task(task)
     rng = seeding.generator(seed, seeding.PARTITION, stream_key(
-        dataset=name, args=args, kind=part.kind, alpha=part.alpha,
-        samples_per_client=part.samples_per_client))
+        dataset=name, args=args, **_partition_fields(part)))
     if part.kind == "natural" and is_plugin(name):
         if source.clients is None:
             raise ConfigError(f"dataset {name!r} gives no natural partition (its `clients`); "
@@ -177,7 +184,8 @@ def partition(task, source: Source, n_clients: int, seed: int) -> tuple[np.ndarr
     elif part.kind == "iid":
         shards = iid_partition(len(source.train_y), n_clients, _spc(task), rng)
     else:
-        shards = dirichlet_partition(source.train_y, n_clients, part.alpha, _spc(task), rng)
+        shards = dirichlet_partition(source.train_y, n_clients, part.alpha, _spc(task), rng,
+                                     getattr(part, "refill", "class"))
     return tuple(shards)
 
 

@@ -53,21 +53,26 @@ def _class_probs(alpha: float, n_classes: int, rng: np.random.Generator) -> np.n
 
 def dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float,
                         samples_per_client: int | None,
-                        rng: np.random.Generator) -> list[np.ndarray]:
+                        rng: np.random.Generator, refill: str = "class") -> list[np.ndarray]:
     """Label-skewed client shards after the authors' DirichletLoader (PAPER.md §6.1).
 
     Per client: p ~ Dir(alpha * 1_C) over the classes present in `labels`; counts of each
     class by largest-remainder rounding of samples_per_client * p, so every client has
     exactly samples_per_client samples (None: n_items // n_clients, at least 1), unlike the
     authors' round() that can be off by a few. Each class has a pool taken sequentially
-    across clients; an exhausted pool is refilled with a fresh permutation of that class only
-    (the authors put back all used samples of all classes). Pools start as a permutation too,
-    so the dataset order does not matter. The client's samples are then shuffled.
+    across clients. `refill="class"`: an exhausted pool is refilled with a fresh permutation
+    of that class only, so every sample of a class is used before any repeats. `refill="all"`
+    (the authors' code): an exhausted pool puts every used sample of every class back, i.e.
+    all pools restart from their beginning in the same order, so the tails of the classes in
+    less demand are never used. Pools start as a permutation, so the dataset order does not
+    matter. The client's samples are then shuffled.
     """
     labels = np.asarray(labels)
     _check(len(labels), n_clients, samples_per_client)
     if not alpha > 0:
         raise ConfigError(f"dirichlet partition needs alpha > 0, got {alpha!r}")
+    if refill not in ("class", "all"):
+        raise ConfigError(f"dirichlet refill must be 'class' or 'all', got {refill!r}")
     spc = samples_per_client if samples_per_client is not None else max(1, len(labels) // n_clients)
     classes = np.unique(labels)
     members = [np.flatnonzero(labels == c).astype(np.int64) for c in classes]
@@ -79,7 +84,9 @@ def dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float,
         parts = []
         for c, need in enumerate(counts):
             while need > 0:
-                if cursor[c] == len(pools[c]):
+                if cursor[c] == len(pools[c]) and refill == "all":
+                    cursor = [0] * len(classes)
+                elif cursor[c] == len(pools[c]):
                     pools[c], cursor[c] = rng.permutation(members[c]), 0
                 take = min(need, len(pools[c]) - cursor[c])
                 parts.append(pools[c][cursor[c]:cursor[c] + take])
