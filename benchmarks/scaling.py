@@ -14,7 +14,7 @@
    makes about `--updates-per-worker` × W updates, so every run lasts about the same wall time
    if the server keeps up. Server mode: × min(W, cap), cap = 4 × the W at which rank 0's
    evaluations alone saturate it (from the calibration; at most 16): past it every run
-   measures the same ceiling, in a bounded time (CIFAR-10: 9 s per evaluation, cap 8).
+   measures the same ceiling, in a bounded time (CIFAR-10, ~10 s per evaluation: 7-8).
    Emulated workers are niced: they sleep, and yield the cores to rank 0.
 3. From the run file: updates/s over the training loop (`updates_processed / wall_seconds`),
    efficiency = updates/s ÷ (W × updates/s at W = 1, same evaluation mode), rank 0's busy

@@ -168,8 +168,9 @@ def partition(task, source: Source, n_clients: int, seed: int) -> tuple[np.ndarr
     identical shards.
     """
     name, args, part = _check_task(task)
-    rng = seeding.generator(seed, seeding.PARTITION, stream_key(
-        dataset=name, args=args, **_partition_fields(part)))
+    fields = _partition_fields(part)
+    rng = seeding.generator(seed, seeding.PARTITION, stream_key(dataset=name, args=args,
+                                                                **fields))
     if part.kind == "natural" and is_plugin(name):
         if source.clients is None:
             raise ConfigError(f"dataset {name!r} gives no natural partition (its `clients`); "
@@ -185,7 +186,7 @@ def partition(task, source: Source, n_clients: int, seed: int) -> tuple[np.ndarr
         shards = iid_partition(len(source.train_y), n_clients, _spc(task), rng)
     else:
         shards = dirichlet_partition(source.train_y, n_clients, part.alpha, _spc(task), rng,
-                                     getattr(part, "refill", "class"))
+                                     fields.get("refill", "class"))
     return tuple(shards)
 
 
