@@ -64,6 +64,10 @@ class Executor(Protocol):
     def cancel_task(self, task: int) -> None:
         """The task finished: forget its queued work (its requests were discarded first)."""
 
+    def retract(self, reqs: Sequence[Request]) -> None:
+        """Requests sent ahead of a confirmation that a rollback abandoned: drop their updates,
+        landed or to come; their ids may be submitted again with other contents."""
+
     def free(self, upd: Update) -> None:
         """The server is done with an update's delta."""
 
@@ -154,6 +158,10 @@ class InProcessExecutor:
 
     def free(self, upd: Update) -> None:
         pass
+
+    def retract(self, reqs: Sequence[Request]) -> None:
+        for req in reqs:
+            self.discard(req.id)
 
     def cancel_task(self, task: int) -> None:
         for rid in [r for r, members in self.pending.items() if members[0][0].task == task]:

@@ -140,6 +140,13 @@ class Grouper(Layer):
                 self.pending[task] = [w for w in self.pending[task] if w.req.id != rid]
         self._consumed(rid)
 
+    def retract(self, reqs: Sequence) -> None:
+        """Take back requests sent ahead of a confirmation (speculation's rollback; groups
+        of 1 only): parked ones are forgotten, the others go to the executor's `retract`."""
+        sent = [req for req in reqs if req.id not in self.parked]
+        self.parked.difference_update(req.id for req in reqs)
+        self.inner.retract(sent)
+
     def cancel_task(self, task: int) -> None:  # (its requests were discarded one by one)
         for work in self.pending[task]:
             del self.pending_task[work.req.id]

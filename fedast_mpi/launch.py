@@ -312,7 +312,8 @@ def serve(cfg, runner, log, comm, wall0: float, out_dir: Path, signals, resume,
         log.set_attrs(**decision.run_attrs(cfg.run.deterministic, torch_version()))
         train_device = decision.train_type
     models = task_models(cfg, runner, executor, comm.size, train_device)
-    speculate = os.environ.get("FEDAST_SPECULATE", "1") != "0"  # benchmarks: 0 waits instead
+    # benchmarks: FEDAST_SPECULATE=0 waits for each evaluation, =held holds requests back too
+    speculate = {"0": "off", "held": "held"}.get(os.environ.get("FEDAST_SPECULATE", ""), "eager")
     server = Server(cfg, models, executor, log, progress, wall0, fresh=resume is None,
                     speculate=speculate)
     if resume is not None:

@@ -23,6 +23,12 @@ worker is followed by the model on TAG_EVAL_MODEL (evaluation models are named b
 evaluation id, apart from the training models, which are named by (task, version)). A
 worker serves evaluation headers before its queued training, also between the steps of a
 training, and answers each chunk with EVAL_RESULT (float64 sums) on TAG_EVAL_RESULT.
+
+A REQUEST's `request` field, echoed in its update's header, is the request id with the
+server's retraction generation above bit WIRE_GEN_SHIFT (`wire_id`): a request sent ahead of
+a confirmation and retracted at a rollback (fedast_mpi.speculation) may be sent again under
+the same id with other contents, and its stale update must not pass for the new one. Until
+the first retraction the generation is 0 and the field is the plain id.
 """
 
 from __future__ import annotations
@@ -59,6 +65,20 @@ UPDATE_DTYPE = np.dtype([
 ])
 HEADER_BYTES = UPDATE_DTYPE.itemsize
 assert HEADER_BYTES == 32
+
+WIRE_GEN_SHIFT = 40
+"""Request ids stay below 2**40; the retraction generation sits above them."""
+WIRE_ID_MASK = (1 << WIRE_GEN_SHIFT) - 1
+
+
+def wire_id(rid: int, gen: int) -> int:
+    """The `request` field of request `rid` sent in retraction generation `gen`."""
+    return rid | (gen << WIRE_GEN_SHIFT)
+
+
+def request_of(wire: int) -> int:
+    """The request id in a `request` field."""
+    return wire & WIRE_ID_MASK
 
 FINAL_DTYPE = np.dtype([("worker", "<i4"), ("evals", "<i4"), ("sent", "<i8")])
 """A stopping worker's counts: updates (`sent`) and evaluation chunks (`evals`) it sent."""

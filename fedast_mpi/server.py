@@ -66,7 +66,7 @@ class Server:
 
     def __init__(self, cfg, models: TaskModels, executor: Executor, sink: RunSink,
                  progress: Progress | None = None, wall0: float | None = None,
-                 fresh: bool = True, speculate: bool = True) -> None:
+                 fresh: bool = True, speculate: str = "eager") -> None:
         self.cfg = cfg
         self.spec = registry.get(cfg.algorithm.name)
         self.models = models
@@ -88,9 +88,9 @@ class Server:
         self.book = RequestBook(seed, self.clients, len(cfg.tasks), real)
         self.speculation: Speculation | None = None
         evaluate = models.evaluate
-        if (speculate and not real and isinstance(evaluate, WorkerEvaluation)
+        if (speculate != "off" and not real and isinstance(evaluate, WorkerEvaluation)
                 and all(g <= 1 for g in self.group_sizes)):
-            self.speculation = Speculation(self, evaluate)
+            self.speculation = Speculation(self, evaluate, eager=speculate == "eager")
             self.executor = Journal(self.executor, self.speculation)  # type: ignore[assignment]
             self.recorder = Recorder(HeldSink(sink, self.speculation), self.clock)
             evaluate = self.speculation.evaluate
@@ -267,6 +267,8 @@ class Server:
         if self.speculation is not None:
             spec = self.speculation
             self.sink.set_attrs(speculation_rollbacks=spec.rollbacks,
+                                speculation_sent_ahead=spec.sent_ahead,
+                                speculation_retracted=spec.retracted,
                                 speculation_snapshots=spec.snapshots,
                                 speculation_waits=spec.waits)
         self.sink.set_attrs(updates_processed=self.tasks.n_processed,

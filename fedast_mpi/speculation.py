@@ -4,20 +4,29 @@ A task completes at the time of the evaluation that reaches its target, and ever
 that time depends on whether it did (its requests are cancelled, its budget handed over). An
 evaluation on the workers takes a while; waiting for each one would put rank 0 to sleep once
 every few updates. Instead rank 0 assumes that an evaluation whose result has not come yet
-does *not* reach the target, and goes on. Nothing it does under that assumption leaves rank 0
-until the assumption is confirmed: requests to send, cancellations and run-file rows are held
-back (`Held`), in order. When the result comes:
-- not reached (nearly always): the held effects up to the next unconfirmed evaluation go out;
-- reached: rank 0 rolls back to its last snapshot (a state with nothing unconfirmed), replays
-  the updates it had consumed since (kept in a log) with that result known, and goes on from
-  there. Effects already released are regenerated identically and skipped.
+does *not* reach the target, and goes on. What it does under that assumption is held back until
+the assumption is confirmed: cancellations and run-file rows stay on rank 0 (held effects, in
+order). Requests go out at once (`eager`), because rank 0 soon needs their updates (a request
+with a short delay is due a few dozen updates after it was made): each is retractable until
+confirmed. When the result comes:
+- not reached (nearly always): the held effects up to the next unconfirmed evaluation go out,
+  and the requests sent ahead up to there are confirmed;
+- reached: rank 0 rolls back to its last snapshot (a state with nothing unconfirmed), retracts
+  the requests it sent ahead (their updates, landed or to come, are dropped: a replay may make
+  other requests under the same ids), replays the updates it had consumed since (kept in a
+  log, less the retracted ones) with that result known, and goes on from there. Effects
+  already released are regenerated identically and skipped.
 So every run decides exactly what it would decide waiting for each evaluation; only wall time
-changes. Speculation stops (rank 0 waits) when the update it needs next belongs to a request
-still held back, when too many evaluations are unconfirmed, or before a checkpoint.
+changes. Speculation stops (rank 0 waits) when too many evaluations are unconfirmed, before a
+checkpoint, and (with `eager` off: requests held back too) when the update it needs next
+belongs to a request still held back.
 
-Snapshots are the server's own checkpoint state (`Server.state_dict`), taken at confirmed
-batch boundaries every `SNAPSHOT_UPDATES` consumed updates; the log holds copies of the deltas
-consumed since (so the landing slots go back to the transport as usual).
+Snapshots are the server's own checkpoint state (`Server.state_dict`), taken at batch
+boundaries every `SNAPSHOT_UPDATES` consumed updates; the log holds copies of the deltas
+consumed since (so the landing slots go back to the transport as usual). Rank 0 seldom stands
+at a confirmed state while it sends ahead (an evaluation is launched every few dozen updates),
+so a snapshot is taken as a candidate (`Candidate`) and becomes the snapshot once every
+evaluation launched before it is confirmed.
 """
 
 from __future__ import annotations
@@ -65,13 +74,32 @@ class Launch:
     """The held effect of its /tasks/*/eval row (filled in when the result comes)."""
 
 
+@dataclass
+class Candidate:
+    """A batch boundary's state, taken while evaluations launched before it were unconfirmed:
+    the snapshot once they all are (and none reached its target)."""
+
+    state: dict = field(repr=False)
+    seq: int  # effects generated before it
+    launches: int  # evaluations launched before it
+    consumed: int  # updates consumed since the snapshot, before it
+    live: frozenset  # requests outstanding at it (their logged updates may be replayed)
+    next_id: int  # requests made after it have ids from here
+
+
 class Speculation:
     """The journal between rank 0's parts and the world: held effects, the update log,
     the evaluations in flight, the snapshot."""
 
-    def __init__(self, server: "Server", evaluation: "WorkerEvaluation") -> None:
+    def __init__(self, server: "Server", evaluation: "WorkerEvaluation",
+                 eager: bool = True) -> None:
         self.server = server
         self.evaluation = evaluation
+        self.eager = eager
+        self.executor: Any = None  # the Journal's inner executor (retracts sends ahead)
+        self.ahead: dict[int, Any] = {}  # request id -> Request sent ahead, not yet confirmed
+        self.sent_ahead = 0  # requests sent before their confirmation
+        self.retracted = 0  # of them, taken back at a rollback
         self.active = False
         self.snapshot: dict | None = None
         self.log: dict[int, Update] = {}
@@ -88,6 +116,7 @@ class Speculation:
         self.latest: dict[int, Launch] = {}  # task -> its latest launch
         self.rollbacks = 0
         self.branch: Launch | None = None  # the launch that reached after all (a rollback's)
+        self.candidate: Candidate | None = None
         self.snapshots = 0
         self.waits = 0  # times rank 0 stopped speculating and waited for a result
 
@@ -200,17 +229,30 @@ class Speculation:
 
     # -- the executor's side -----------------------------------------------------------------
     def submit(self, submit: Callable, group: Sequence[Work]) -> None:
-        """Send a group (held while speculating). A group sent before a rollback is not sent
-        again; its requests get back the worker and group they were sent to."""
+        """Send a group: at once, retractable until confirmed (`eager`), or held until then.
+        A group confirmed before a rollback is not sent again; its requests get back the
+        worker and group they were sent to."""
+        ahead: list[bool] = []
+
         def send(items: Sequence[Work]) -> None:
-            submit(items)
+            if ahead:  # out already: now confirmed
+                for w in items:
+                    del self.ahead[w.req.id]
+            else:
+                submit(items)
             self.placed.update((w.req.id, (w.req.worker, w.req.group)) for w in items)
 
         def placed(items: Sequence[Work]) -> None:
             for w in items:
                 w.req.worker, w.req.group = self.placed[w.req.id]
 
-        self.effect(send, group, requests=[w.req.id for w in group], replayed=placed)
+        ids = [w.req.id for w in group]
+        entry = self.effect(send, group, requests=() if self.eager else ids, replayed=placed)
+        if entry is not None and self.eager:
+            submit(group)
+            ahead.append(True)
+            self.ahead.update((w.req.id, w.req) for w in group)
+            self.sent_ahead += len(group)
 
     def wait_for(self, inner: Callable[[int], Update], rid: int) -> Update:
         """The update of `rid`: from the log when replaying, else from the executor (a copy
@@ -243,7 +285,7 @@ class Speculation:
         """The server's state now becomes the point a rollback returns to. Logged updates of
         requests still live are kept: taken in a timeline a rollback abandoned, they are
         consumed again later in this one (from the log: the transport handed them out once)."""
-        if self.held or self.pending():
+        if self.held or self.pending() or self.ahead:
             raise RuntimeError("snapshot taken with effects held back")
         if self.seq < self.released:
             raise RuntimeError("snapshot taken while replaying effects that went out")
@@ -257,6 +299,43 @@ class Speculation:
         self.seq = self.released = self.next_launch = 0
         self.launches = []
         self.latest = {}
+        self.candidate = None
+
+    def take_candidate(self) -> None:
+        """The state now, to become the snapshot once what came before it is confirmed."""
+        book = self.server.book
+        self.candidate = Candidate(self.server.state_dict(), self.seq, len(self.launches),
+                                   self.consumed, frozenset(book.live), book.next_id)
+
+    def promote(self) -> None:
+        """The candidate becomes the snapshot: positions are counted from it, the launches
+        before it are dropped (confirmed, none reached), and so are the logged updates and
+        placements no replay from it can ask for."""
+        cand = self.candidate
+        assert cand is not None
+        self.candidate = None
+        for task in {la.task for la in self.launches[:cand.launches]}:
+            last = [la for la in self.launches[:cand.launches] if la.task == task][-1]
+            assert last.result is not None
+            cand.state["tasks"][task]["accuracy"] = last.result[0]  # NaN there if it was out
+        self.snapshot = cand.state
+        self.snapshots += 1
+        del self.launches[:cand.launches]
+        self.next_launch -= cand.launches
+        for launch in self.launches:
+            launch.seq -= cand.seq
+        for entry in self.held:
+            entry[0] -= cand.seq
+        self.seq -= cand.seq
+        self.released -= cand.seq
+        self.consumed -= cand.consumed
+
+        def keep(rid: int) -> bool:
+            return rid in cand.live or rid >= cand.next_id
+
+        self.log = {rid: upd for rid, upd in self.log.items() if keep(rid)}
+        self.log_bytes = sum(upd.delta.nbytes for upd in self.log.values())
+        self.placed = {rid: p for rid, p in self.placed.items() if rid >= cand.next_id}
 
     def after_batch(self) -> None:
         """A batch boundary: confirm what came; snapshot when everything is confirmed and the
@@ -266,9 +345,17 @@ class Speculation:
         self.confirm()
         if self.log_bytes > LOG_BYTES:
             self.settle()
-        if (not self.pending() and self.seq >= self.released
+        cand = self.candidate
+        if cand is not None and all(la.result is not None
+                                    for la in self.launches[:cand.launches]):
+            self.promote()
+        if (self.candidate is None and self.seq >= self.released
+                and self.next_launch == len(self.launches)
                 and (self.consumed >= SNAPSHOT_UPDATES or self.log_bytes > LOG_BYTES // 2)):
-            self.take_snapshot()
+            if self.pending() or self.held:
+                self.take_candidate()
+            else:
+                self.take_snapshot()
 
     def rollback(self) -> None:
         """Back to the snapshot: held effects dropped, the server's decisions restored,
@@ -283,6 +370,15 @@ class Speculation:
             launch.row = None
         self.held.clear()
         self.held_requests.clear()
+        self.candidate = None
+        if self.ahead:  # their ids may name other requests in the replay
+            for rid in self.ahead:
+                upd = self.log.pop(rid, None)
+                if upd is not None:
+                    self.log_bytes -= upd.delta.nbytes
+            self.executor.retract(list(self.ahead.values()))
+            self.retracted += len(self.ahead)
+            self.ahead.clear()
         self.seq = self.next_launch = 0
         self.latest = {}
         self.awaiting_row = None
@@ -324,6 +420,7 @@ class Journal(Layer):
     def __init__(self, inner, spec: Speculation) -> None:
         self.inner = inner
         self.spec = spec
+        spec.executor = inner
 
     def submit(self, group: Sequence[Work]) -> None:
         self.spec.submit(self.inner.submit, group)

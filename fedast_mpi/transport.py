@@ -140,6 +140,11 @@ class ServerTransport:
         self.watchdog: Watchdog | None = None
         self.heard: dict[int, float] = {}  # worker -> monotonic time of its last message
         self.holder: dict[int, int] = {}  # request id -> worker it was sent to, until it lands
+        # Retraction (fedast_mpi.speculation): the wire id each request in flight was sent
+        # under (`P.wire_id`); an update whose wire id is not its request's is stale.
+        self.gen = 0
+        self.wire_of: dict[int, int] = {}
+        self.stale = 0  # updates of retracted requests that landed (and were dropped)
         self.release: dict[int, tuple[float, int]] = {}  # real clock: id -> (release wall, task)
         self.chunk_owner: dict[int, dict[int, int]] = {}  # evaluation -> chunk -> worker
         self._next_check = 0.0  # real clock: monotonic time of the next stall check
@@ -193,16 +198,22 @@ class ServerTransport:
         task, buf = self.meta[i]
         self._post(task, i)
         hdr = P.update_header(buf)[0]
-        rid, worker = int(hdr["request"]), int(hdr["worker"])
+        wire, worker = int(hdr["request"]), int(hdr["worker"])
+        rid = P.request_of(wire)
         self.heard[worker] = time.monotonic()
-        self.holder.pop(rid, None)
-        self.release.pop(rid, None)
         if int(hdr["task"]) != task:
             raise ProtocolError(f"update of task {int(hdr['task'])} arrived on "
                                 f"task {task}'s tag")
         self.received[worker] += 1
         self.load[worker] -= 1
         self.compute_seconds += float(hdr["compute"])
+        if self.wire_of.get(rid) != wire:  # retracted: maybe sent again since, as another
+            self.stale += 1
+            self.free_slots[task].append(buf)
+            return
+        del self.wire_of[rid]
+        self.holder.pop(rid, None)
+        self.release.pop(rid, None)
         if rid in self.discarded:
             self.discarded.discard(rid)
             self.free_slots[task].append(buf)
@@ -387,6 +398,7 @@ class ServerTransport:
         for req, model, release_wall in group:
             req.worker = w
             self.holder[req.id] = w
+            wire = self.wire_of[req.id] = P.wire_id(req.id, self.gen)
             if self.arrival_order:
                 self.release[req.id] = (release_wall, req.task)
             held = self.latest.get((w, req.task))
@@ -400,7 +412,7 @@ class ServerTransport:
                 self._isend(model, w, P.TAG_MODEL, MPI.FLOAT)
                 self.latest[(w, req.task)] = req.base_version
                 self.model_sends += 1
-            self._isend(P.ctrl(P.REQUEST, task=req.task, client=req.client, request=req.id,
+            self._isend(P.ctrl(P.REQUEST, task=req.task, client=req.client, request=wire,
                                version=req.base_version, seed=req.seed,
                                finish_time=req.finish_time, release_wall=release_wall,
                                group_size=len(group)), w, P.TAG_CTRL)
@@ -412,6 +424,25 @@ class ServerTransport:
             self.discarded.add(rid)
         else:
             self.free(upd)
+
+    def retract(self, reqs: Sequence) -> None:
+        """Take back requests sent ahead of a confirmation that a rollback abandoned
+        (fedast_mpi.speculation): landed updates are dropped, those still to land will be (as
+        stale), and the ids may be sent again, with other contents, in a new generation.
+
+        The models sent with them may not be the versions of those numbers in the new
+        timeline: each (worker, task) they went to is sent its model again before its next
+        request. Versions before the rollback point are the same in both timelines, so a
+        worker's queued confirmed requests never see a changed model.
+        """
+        for req in reqs:
+            self.wire_of.pop(req.id, None)
+            self.holder.pop(req.id, None)
+            upd = self.landed.pop(req.id, None)
+            if upd is not None:
+                self.free(upd)
+            self.latest.pop((req.worker, req.task), None)
+        self.gen += 1
 
     def cancel_task(self, task: int) -> None:
         """Tell every worker to drop the queued requests and models of a finished task."""

@@ -101,7 +101,8 @@ class Worker:
             if kind == P.REQUEST:
                 version = int(msg["version"])
                 if version not in self.models.get(task, {}):
-                    raise ProtocolError(f"worker {self.rank}: request {int(msg['request'])} needs "
+                    raise ProtocolError(f"worker {self.rank}: request "
+                                        f"{P.request_of(int(msg['request']))} needs "
                                         f"task {task} version {version}, which it was never sent")
                 self.needed[(task, version)] += 1
                 self.enqueue(msg)

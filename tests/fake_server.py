@@ -58,6 +58,7 @@ class FakeExecutor:
         self.pending: dict[int, Work] = {}
         self.discarded: list[int] = []
         self.cancelled: list[int] = []
+        self.retracted: list[Request] = []
         self.freed = 0
 
     def submit(self, group) -> None:
@@ -79,6 +80,13 @@ class FakeExecutor:
 
     def cancel_task(self, task: int) -> None:
         self.cancelled.append(task)
+
+    def retract(self, reqs) -> None:
+        """Requests sent ahead of a confirmation, taken back at a rollback: their updates are
+        gone (the same ids may come again as other requests)."""
+        for req in reqs:
+            self.retracted.append(req)
+            self.pending.pop(req.id, None)
 
     def free(self, upd: Update) -> None:
         self.freed += 1

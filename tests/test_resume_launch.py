@@ -113,6 +113,7 @@ def test_late_evaluations_speculation_rollbacks_and_resume(default_runs, tmp_pat
     assert_same_run(default_runs[1][0], full)
     with h5py.File(full / "run.h5", "r") as f:
         assert f.attrs["speculation_rollbacks"] >= 1
+        assert f.attrs["speculation_sent_ahead"] > 0  # requests went out before confirmation
     out = tmp_path / "run"
     res = launch(3, "run", "--out", str(out), "--set", "run.log_every=0",
                  env={**late, "FEDAST_INTERRUPT_AFTER": "300"})

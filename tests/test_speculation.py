@@ -3,6 +3,8 @@ for them decides, rollbacks included. On the real server and policies over fake 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -36,11 +38,20 @@ CASES = {
 }
 
 
+ACCURACY = {0: lambda v: 0.95 if v >= 6 else 0.1 * (v % 5),  # reaches at version 6
+            1: lambda v: 0.95 if v >= 9 else 0.0}
+
+
+def standing(h: Harness) -> list[int]:
+    """The ids of the requests sent and not retracted (taken back at a rollback), in order."""
+    gone = {id(r) for r in h.executor.retracted}
+    return [r.id for r in h.executor.submitted if id(r) not in gone]
+
+
 def waiting_and_late(case: str, delay: int) -> tuple[Harness, Harness]:
     """A case run twice: evaluations known at once, and `delay` polls late (speculation)."""
     algo, tasks = CASES[case]
-    accuracy = {0: lambda v: 0.95 if v >= 6 else 0.1 * (v % 5),  # reaches at version 6
-                1: lambda v: 0.95 if v >= 9 else 0.0}
+    accuracy = ACCURACY
     kw = dict(max_time=120.0, clients=40, **algo)
     wait = Harness(config(tasks, **kw), accuracy)
     wait.run()
@@ -58,7 +69,10 @@ def test_late_evaluations_decide_what_waiting_decides(case, delay):
     assert wait.server.tasks.all_finished()  # both completions happened...
     assert spec.rollbacks >= 1  # ...and the late run had speculated past at least one
     assert rows(late) == rows(wait)
-    assert [r.id for r in late.executor.submitted] == [r.id for r in wait.executor.submitted]
+    assert standing(late) == standing(wait) == [r.id for r in wait.executor.submitted]
+    assert spec.sent_ahead > 0  # requests went out before their confirmation...
+    if delay == 12:  # ...and at a rollback some were still unconfirmed: taken back
+        assert spec.retracted > 0 and len(late.executor.retracted) == spec.retracted
     # cancelled requests are dropped by the executor, unless their update came already (taken
     # in a timeline that was rolled back)
     late_d, wait_d = set(late.executor.discarded), set(wait.executor.discarded)
@@ -102,4 +116,39 @@ def test_snapshots_during_a_replay_keep_what_it_still_needs(case, delay, monkeyp
     spec = late.server.speculation
     assert spec.rollbacks >= 1 and spec.snapshots > 3
     assert rows(late) == rows(wait)
-    assert [r.id for r in late.executor.submitted] == [r.id for r in wait.executor.submitted]
+    assert standing(late) == standing(wait) == [r.id for r in wait.executor.submitted]
+
+
+@pytest.mark.parametrize("case", ["fedast-dynamic", "sync"])
+def test_a_snapshot_taken_while_evaluations_were_out_is_the_state_waiting_had(case, monkeypatch):
+    """Sending ahead, rank 0 is rarely at a confirmed state: snapshots are taken as candidates
+    and promoted once what came before them is confirmed. A promoted snapshot must be the state
+    the waiting run had at the same point (accuracies filled in with the late results)."""
+    monkeypatch.setattr(speculation, "SNAPSHOT_UPDATES", 3)
+    algo, tasks = CASES[case]
+    accuracy = ACCURACY
+    kw = dict(max_time=120.0, clients=40, **algo)
+    states: dict[int, list] = {}
+
+    def record(server):
+        states.setdefault(server.tasks.n_processed, [t.state_dict() for t in server.tasks])
+
+    wait = Harness(config(tasks, **kw), accuracy)
+    wait.run(after_batch=record)
+    late = Harness(config(tasks, **kw), accuracy, eval_delay=6)
+    seen: list[dict] = []
+
+    def snap(server):
+        spec = server.speculation
+        if spec.snapshot is not None and (not seen or seen[-1] is not spec.snapshot):
+            seen.append(spec.snapshot)
+
+    late.run(after_batch=snap)
+    promoted = late.server.speculation.snapshots
+    assert promoted > 3 and len(seen) > 3
+    for state in seen[1:]:  # (the first: the start, before any batch)
+        want = states[int(state["n_processed"])]
+        for got, exp in zip(state["tasks"], want):
+            assert got["accuracy"] == exp["accuracy"] or (math.isnan(got["accuracy"])
+                                                          and math.isnan(exp["accuracy"]))
+            assert got["version"] == exp["version"]

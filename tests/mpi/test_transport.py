@@ -231,3 +231,46 @@ def test_workers_evaluate_between_the_steps_of_a_training():
         st.free(st.wait_for(0))
 
     with_workers(server, runner=EchoRunner(sleep=3.0, steps=30))
+
+
+def test_retracted_requests_never_pass_for_the_ones_sent_again():
+    """A rollback retracts requests sent ahead: the same ids go out again with other contents
+    (another seed, a model version of the same number with other values). Only the new updates
+    are handed out, whether the stale ones landed before the retraction or come after; and each
+    (worker, task) the retracted requests went to gets its model again."""
+    n = 3 * (MPI.COMM_WORLD.size - 1)
+
+    def server(st):
+        first = []
+        for rid in range(n):
+            req = Request(rid, 0, client=rid, base_version=1, dispatch_time=0.0,
+                          finish_time=float(rid), seed=rid)
+            st.submit([Work(req, model(0, 1))])
+            first.append(req)
+        st.free(st.wait_for(0))  # one consumed, some landed, some still to come
+        time.sleep(0.1)
+        st.progress()
+        landed = sum(r.id in st.landed for r in first[1:])
+        st.retract(first[1:])
+        sends = st.model_sends
+        other = np.full(N_PARAMS[0], -5.0, np.float32)  # "version 1" of the new timeline
+        again = []
+        for rid in range(1, n):
+            req = Request(rid, 0, client=rid, base_version=1, dispatch_time=0.0,
+                          finish_time=float(rid), seed=500 + rid)
+            st.submit([Work(req, other)])
+            again.append(req)
+        assert st.model_sends - sends == len({r.worker for r in first[1:]} & {
+            r.worker for r in again})  # the model again wherever the retracted went
+        for req in again:
+            upd = st.wait_for(req.id)
+            assert np.all(upd.delta == other + np.float32(req.seed)), req.id
+            st.free(upd)
+        deadline = time.monotonic() + 10
+        while st.stale + landed < n - 1 and time.monotonic() < deadline:
+            st.progress()
+            time.sleep(0.01)
+        assert st.stale + landed == n - 1  # every retracted one trained, and dropped
+        assert not st.landed
+
+    with_workers(server, runner=EchoRunner(sleep=0.02))
