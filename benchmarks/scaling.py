@@ -9,7 +9,9 @@
    workload's model for real and takes the medians (seconds per request, per chunk).
 2. For each W and each mode (server: rank 0 evaluates the 10,000 test images itself;
    workers: chunks of 1024 go to the workers and rank 0 speculates past the results,
-   `fedast_mpi.speculation`; workers-wait: the same but rank 0 waits for every result), one
+   `fedast_mpi.speculation`, sending requests ahead of their confirmation; workers-held: the
+   same, requests held back until confirmed (FEDAST_SPECULATE=held, the previous design);
+   workers-wait: rank 0 waits for every result), one
    virtual-clock run whose `max_time`
    makes about `--updates-per-worker` × W updates, so every run lasts about the same wall time
    if the server keeps up. Server mode: × min(W, cap), cap = 4 × the W at which rank 0's
@@ -130,8 +132,9 @@ def updates_per_time(config: str, sets: list[str]) -> tuple[float, float]:
 
 
 MODES = {"server": ("server", "1"), "workers": ("workers", "1"),
-         "workers-wait": ("workers", "0")}
-"""Benchmark modes: run.evaluation, and FEDAST_SPECULATE (0: rank 0 waits for each result)."""
+         "workers-held": ("workers", "held"), "workers-wait": ("workers", "0")}
+"""Benchmark modes: run.evaluation, and FEDAST_SPECULATE (0: rank 0 waits for each result;
+held: it speculates but holds requests back until confirmed)."""
 
 
 def run_one(config: str, sets: list[str], calib: Path, workers: int, mode: str,
@@ -197,7 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", default="1,2,4,8,16,32,64")
     ap.add_argument("--modes", default="server,workers-wait,workers",
                     help="server: rank 0 evaluates; workers: chunks on the workers, rank 0 "
-                         "speculates past the results; workers-wait: the same, rank 0 waits")
+                         "speculates past the results, sending requests ahead; workers-held: "
+                         "requests held until confirmed; workers-wait: rank 0 waits")
     ap.add_argument("--updates-per-worker", type=float, default=60.0)
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep", default=None, help="keep the run directories here")

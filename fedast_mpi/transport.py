@@ -207,11 +207,13 @@ class ServerTransport:
         self.received[worker] += 1
         self.load[worker] -= 1
         self.compute_seconds += float(hdr["compute"])
-        if self.wire_of.get(rid) != wire:  # retracted: maybe sent again since, as another
+        # after a retraction: the update of a retracted request (maybe sent again since, as
+        # another) is stale; before any, every update is taken as it comes
+        if self.gen and self.wire_of.get(rid) != wire:
             self.stale += 1
             self.free_slots[task].append(buf)
             return
-        del self.wire_of[rid]
+        self.wire_of.pop(rid, None)
         self.holder.pop(rid, None)
         self.release.pop(rid, None)
         if rid in self.discarded:
