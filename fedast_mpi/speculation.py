@@ -314,10 +314,9 @@ class Speculation:
         cand = self.candidate
         assert cand is not None
         self.candidate = None
-        for task in {la.task for la in self.launches[:cand.launches]}:
-            last = [la for la in self.launches[:cand.launches] if la.task == task][-1]
-            assert last.result is not None
-            cand.state["tasks"][task]["accuracy"] = last.result[0]  # NaN there if it was out
+        for launch in self.launches[:cand.launches]:  # in launch order: each task's last wins
+            assert launch.result is not None
+            cand.state["tasks"][launch.task]["accuracy"] = launch.result[0]  # NaN if it was out
         self.snapshot = cand.state
         self.snapshots += 1
         del self.launches[:cand.launches]

@@ -140,10 +140,10 @@ class ServerTransport:
         self.watchdog: Watchdog | None = None
         self.heard: dict[int, float] = {}  # worker -> monotonic time of its last message
         self.holder: dict[int, int] = {}  # request id -> worker it was sent to, until it lands
-        # Retraction (fedast_mpi.speculation): the wire id each request in flight was sent
-        # under (`P.wire_id`); an update whose wire id is not its request's is stale.
+        # Retraction (fedast_mpi.speculation): requests go out under `P.wire_id(id, gen)`; the
+        # wire ids of retracted requests still in flight are stale when they land.
         self.gen = 0
-        self.wire_of: dict[int, int] = {}
+        self.stale_wires: set[int] = set()
         self.stale = 0  # updates of retracted requests that landed (and were dropped)
         self.release: dict[int, tuple[float, int]] = {}  # real clock: id -> (release wall, task)
         self.chunk_owner: dict[int, dict[int, int]] = {}  # evaluation -> chunk -> worker
@@ -207,13 +207,11 @@ class ServerTransport:
         self.received[worker] += 1
         self.load[worker] -= 1
         self.compute_seconds += float(hdr["compute"])
-        # after a retraction: the update of a retracted request (maybe sent again since, as
-        # another) is stale; before any, every update is taken as it comes
-        if self.gen and self.wire_of.get(rid) != wire:
+        if wire in self.stale_wires:  # retracted (its id maybe sent again since, as another)
+            self.stale_wires.discard(wire)
             self.stale += 1
             self.free_slots[task].append(buf)
             return
-        self.wire_of.pop(rid, None)
         self.holder.pop(rid, None)
         self.release.pop(rid, None)
         if rid in self.discarded:
@@ -400,7 +398,7 @@ class ServerTransport:
         for req, model, release_wall in group:
             req.worker = w
             self.holder[req.id] = w
-            wire = self.wire_of[req.id] = P.wire_id(req.id, self.gen)
+            wire = P.wire_id(req.id, self.gen)
             if self.arrival_order:
                 self.release[req.id] = (release_wall, req.task)
             held = self.latest.get((w, req.task))
@@ -431,6 +429,8 @@ class ServerTransport:
         """Take back requests sent ahead of a confirmation that a rollback abandoned
         (fedast_mpi.speculation): landed updates are dropped, those still to land will be (as
         stale), and the ids may be sent again, with other contents, in a new generation.
+        Requests sent ahead are retracted at the first rollback after they went out, so each
+        was sent in the current generation.
 
         The models sent with them may not be the versions of those numbers in the new
         timeline: each (worker, task) they went to is sent its model again before its next
@@ -438,8 +438,8 @@ class ServerTransport:
         worker's queued confirmed requests never see a changed model.
         """
         for req in reqs:
-            self.wire_of.pop(req.id, None)
-            self.holder.pop(req.id, None)
+            if self.holder.pop(req.id, None) is not None:  # in flight
+                self.stale_wires.add(P.wire_id(req.id, self.gen))
             upd = self.landed.pop(req.id, None)
             if upd is not None:
                 self.free(upd)
