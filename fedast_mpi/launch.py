@@ -231,9 +231,13 @@ def run_job(cfg, out_dir: Path, comm, resume: dict | None = None) -> int:
     worker = None
     try:
         if comm.rank == 0:
+            from fedast_mpi.deadline import SIGNAL_DEADLINE, SignalDeadline
+            deadline = SignalDeadline(SIGNAL_DEADLINE, lambda name, ago: deadline_missed(
+                comm, log, out_dir, name, ago)).arm()
             try:
                 return serve(cfg, runner, log, comm, wall0, out_dir, signals, resume, decision)
             finally:
+                deadline.disarm()
                 release_locks()
         from fedast_mpi.worker import Worker
         worker = Worker(comm, runner, real)
@@ -393,12 +397,13 @@ def finalize_and_exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-def halted(comm, log, halt, out_dir: Path) -> NoReturn:
+def halted(comm, log, halt, out_dir: Path, close=None) -> NoReturn:
     """Rank 0 gave up a wait (`fedast_mpi.watchdog`): the run file closed with what happened
     and how to go on, one line printed, the whole job ended (frozen ranks too).
 
     The server is mid-batch, not in a state it can checkpoint: the newest checkpoint on
     disk is where a resume continues. After a signal the exit code is 75 when there is one.
+    `close(log, status, line)` closes the run file (default `close_quietly`).
     """
     from fedast_mpi.checkpoint import EXIT_INTERRUPTED, checkpoint_paths
     newest = checkpoint_paths(out_dir)[:1]
@@ -409,7 +414,23 @@ def halted(comm, log, halt, out_dir: Path) -> NoReturn:
         then = "; no checkpoint was written yet: nothing to resume, run it again"
     line = f"{halt}{then}"
     code = EXIT_INTERRUPTED if halt.status == "interrupted" and newest else 1
-    line += close_quietly(log, halt.status, line)
+    line += (close or close_quietly)(log, halt.status, line)
     print(f"fedast-mpi: {'stopped' if code == EXIT_INTERRUPTED else 'error'}: {line}",
           file=sys.stderr, flush=True)
     end_job(comm, code)
+
+
+def deadline_missed(comm, log, out_dir: Path, name: str, ago: float) -> NoReturn:
+    """Rank 0 is still there `ago` s after a signal (`fedast_mpi.deadline`): its main thread
+    is stuck where no watchdog reaches. Called on the deadline's thread: the stacks written
+    for the report, then the end of `halted`, the run file closed within a bound (the stuck
+    thread may hold HDF5's lock)."""
+    from fedast_mpi.deadline import bounded, write_stacks
+    from fedast_mpi.watchdog import Halt
+    stacks = write_stacks(out_dir)
+    where = f"; its threads' stacks: {stacks}" if stacks is not None else ""
+    halt = Halt(f"{name} received {ago:.0f} s ago and rank 0 has not stopped (stuck outside "
+                f"the waits that watch for signals{where})", "interrupted", name)
+    halted(comm, log, halt, out_dir, close=lambda lg, status, line: bounded(
+        lambda: close_quietly(lg, status, line), 5.0,
+        " (the run file could not be closed: rank 0 holds it)"))

@@ -20,6 +20,7 @@ import pytest
 
 from conftest import MPIEXEC, cpu_pinned, launch, tmpfs
 from fedast_mpi.checkpoint import checkpoint_paths
+from fedast_mpi.deadline import STACKS_FILE
 from test_checkpoint import assert_same_run
 
 pytestmark = pytest.mark.launch
@@ -73,8 +74,9 @@ def n_events(out) -> int:
         return 0
 
 
-def finish(proc, timeout):
-    """(rc, stdout, stderr, seconds) of a job, killing it (and failing) past the timeout."""
+def finish(proc, timeout, run_dir=None):
+    """(rc, stdout, stderr, seconds) of a job, killing it (and failing) past the timeout; the
+    failure shows what the job printed and the stacks a stuck rank 0 left in `run_dir`."""
     start = time.monotonic()
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -82,8 +84,11 @@ def finish(proc, timeout):
         os.killpg(proc.pid, signal.SIGKILL)
         for pid in ranks(proc.tag).values():
             os.kill(pid, signal.SIGKILL)
-        proc.communicate()
-        raise AssertionError(f"the job did not end within {timeout} s") from None
+        out, err = proc.communicate()
+        stacks = Path(run_dir or "/nonexistent") / STACKS_FILE
+        raise AssertionError(f"the job did not end within {timeout} s; stderr: {err[-3000:]}"
+                             + (f"; {stacks}: {stacks.read_text()}" if stacks.is_file() else "")
+                             ) from None
     return proc.returncode, out, err, time.monotonic() - start
 
 
@@ -101,7 +106,7 @@ def test_sigterm_with_a_frozen_worker_exits_75_within_seconds_and_resumes(defaul
     os.kill(pids[2], signal.SIGSTOP)
     time.sleep(1.0)  # rank 0 now waits for rank 2
     proc.send_signal(signal.SIGTERM)
-    rc, _, err, took = finish(proc, 60)
+    rc, _, err, took = finish(proc, 60, out)
     # 75 from rank 0; Hydra may report the SIGKILL it sent the frozen rank (9) instead
     assert rc in (75, 9), err
     assert took < 20, f"{took:.0f} s from SIGTERM to the end"
