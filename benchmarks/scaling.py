@@ -3,7 +3,7 @@
 
     python -m benchmarks.scaling [--workloads fmnist,cifar] [--workers 1,2,4,8,16,32,64]
                                  [--modes server,workers] [--updates-per-worker 60]
-                                 [--json OUT] [--keep DIR]
+                                 [--reps 1] [--calibration FILE] [--json OUT] [--keep DIR]
 
 1. Calibration: one process, one torch thread, trains requests and evaluates test chunks of the
    workload's model for real and takes the medians (seconds per request, per chunk).
@@ -18,7 +18,14 @@
    evaluations alone saturate it (from the calibration; at most 16): past it every run
    measures the same ceiling, in a bounded time (CIFAR-10, ~10 s per evaluation: 7-8).
    Emulated workers are niced: they sleep, and yield the cores to rank 0.
+   `--reps N` repeats every (W, mode) run N times, the modes alternating inside each W and
+   the Ws inside each repetition, so that a slow spell of this noisy machine hits them alike;
+   the summary takes medians. `--calibration FILE` (a previous run's, kept by --keep, or one
+   written by `fedast_mpi.emulated.save`) skips step 1: invocations on other days then emulate
+   the same work, and only the server's speed differs.
 3. From the run file: updates/s over the training loop (`updates_processed / wall_seconds`),
+   the steady rate over the middle half of the run's /events rows (no start-up, no tail: the
+   W = 1 runs are short, and their ramp flatters the small W),
    efficiency = updates/s ÷ (W × updates/s at W = 1, same evaluation mode), rank 0's busy
    fraction (1 − server_wait_seconds / wall_seconds), rank 0's serial seconds per update by
    category (`server_busy_*_seconds`), and the ceiling they imply: a server busy s seconds per
@@ -72,8 +79,10 @@ def overrides(data: str, n_tasks: int) -> list[str]:
     return sets + [f"tasks.{i}.data_dir={data}" for i in range(n_tasks)]
 
 
-def calibrate(config: str, sets: list[str], out: Path, reps: int = 5) -> dict:
-    """Median seconds per request and per test chunk of each task, on one torch thread."""
+def calibrate(config: str, sets: list[str], out: Path, reps: int = 5,
+              given: Path | None = None) -> dict:
+    """Median seconds per request and per test chunk of each task, on one torch thread; with
+    `given`, that calibration instead (copied to `out`), for the task shapes of the config."""
     import numpy as np
     import torch
 
@@ -85,7 +94,12 @@ def calibrate(config: str, sets: list[str], out: Path, reps: int = 5) -> dict:
     cfg = load_config(config, sets)
     runner = TaskRunner(cfg, "cpu")
     timings = []
-    for i, task in enumerate(cfg.tasks):
+    if given is not None:
+        timings = emulated.load(given)
+        if len(timings) != len(cfg.tasks):
+            raise SystemExit(f"{given}: a calibration of {len(timings)} tasks for a config "
+                             f"of {len(cfg.tasks)}")
+    for i, task in enumerate(cfg.tasks if given is None else ()):
         model = runner.initial_model(i)
         train, chunk = [], []
         for k in range(reps + 2):  # the first two warm up
@@ -158,12 +172,17 @@ def run_one(config: str, sets: list[str], calib: Path, workers: int, mode: str,
         rec["stderr"] = proc.stderr[-2000:]
         return rec
     import h5py
+    import numpy as np
     with h5py.File(out / "run.h5", "r", locking=False) as f:
         a = {k: f.attrs[k] for k in f.attrs}
+        walls = np.sort(f["events"]["wall"])
     updates, wall = int(a["updates_processed"]), float(a["wall_seconds"])
     wait = float(a["server_wait_seconds"])
     busy = {c: float(a.get(f"server_busy_{c}_seconds", 0.0)) for c in CATEGORIES}
+    lo, hi = len(walls) // 4, (3 * len(walls)) // 4  # the middle half of the rows
+    steady = (hi - lo) / (walls[hi] - walls[lo]) if hi > lo and walls[hi] > walls[lo] else math.nan
     rec.update(speculation={k: int(v) for k, v in a.items() if k.startswith("speculation_")})
+    rec.update(steady_updates_per_second=float(steady))
     rec.update(updates=updates, wall_seconds=wall, updates_per_second=updates / wall,
                server_wait_seconds=wait, server_cpu_seconds=float(a["server_cpu_seconds"]),
                busy_fraction=1.0 - wait / wall,
@@ -172,25 +191,45 @@ def run_one(config: str, sets: list[str], calib: Path, workers: int, mode: str,
     return rec
 
 
+MEDIANS = ("updates", "updates_per_second", "steady_updates_per_second", "busy_fraction",
+           "serial_seconds_per_update")
+
+
 def summarize(runs: list[dict]) -> dict:
-    """Efficiency and ceiling of every run against the W = 1 run of its mode."""
+    """Per mode and W, the medians over the repetitions, efficiency and ceiling against the
+    W = 1 medians of the same mode (whole loop and steady rate)."""
     out: dict = {}
     for mode in sorted({r["mode"] for r in runs}):
-        mine = sorted((r for r in runs if r["mode"] == mode and r.get("ok")),
-                      key=lambda r: r["workers"])
-        base = next((r for r in mine if r["workers"] == 1), None)
+        by_w: dict[int, list[dict]] = {}
+        for r in runs:
+            if r["mode"] == mode and r.get("ok"):
+                by_w.setdefault(r["workers"], []).append(r)
+        med = {w: {k: statistics.median(r[k] for r in rs) for k in MEDIANS} | {
+            "workers": w, "reps": len(rs)} for w, rs in sorted(by_w.items())}
+        base = med.get(1)
         rows = []
-        for r in mine:
-            row = {k: r[k] for k in ("workers", "updates", "updates_per_second", "busy_fraction",
-                                     "serial_seconds_per_update")}
+        for w, row in med.items():
             if base is not None:
-                one = base["updates_per_second"]
-                row["efficiency"] = r["updates_per_second"] / (r["workers"] * one)
-                row["ceiling_efficiency"] = min(1.0, 1.0 / (r["serial_seconds_per_update"]
-                                                            * r["workers"] * one))
+                one, steady_one = base["updates_per_second"], base["steady_updates_per_second"]
+                row["efficiency"] = row["updates_per_second"] / (w * one)
+                row["steady_efficiency"] = row["steady_updates_per_second"] / (w * steady_one)
+                row["ceiling_efficiency"] = min(1.0, 1.0 / (row["serial_seconds_per_update"]
+                                                            * w * one))
             rows.append(row)
         out[mode] = rows
     return out
+
+
+def print_summary(name: str, summary: dict) -> None:
+    print(f"{name} (EMULATED workers; medians over the repetitions):", file=sys.stderr)
+    for mode, rows in summary.items():
+        for r in rows:
+            eff = (f"eff {r['efficiency']:.2f} (steady {r['steady_efficiency']:.2f}, ceiling "
+                   f"{r['ceiling_efficiency']:.2f})" if "efficiency" in r else "")
+            print(f"  {mode:<12} W={r['workers']:<3} {r['updates_per_second']:7.1f} upd/s "
+                  f"(steady {r['steady_updates_per_second']:7.1f}) x{r['reps']} {eff}",
+                  file=sys.stderr)
+    sys.stderr.flush()
 
 
 def main(argv=None) -> int:
@@ -203,9 +242,16 @@ def main(argv=None) -> int:
                          "speculates past the results, sending requests ahead; workers-held: "
                          "requests held until confirmed; workers-wait: rank 0 waits")
     ap.add_argument("--updates-per-worker", type=float, default=60.0)
+    ap.add_argument("--reps", type=int, default=1, help="runs of every (W, mode); medians")
+    ap.add_argument("--calibration", default=None,
+                    help="a calibration file to emulate instead of calibrating (one workload)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep", default=None, help="keep the run directories here")
     args = ap.parse_args(argv)
+    if args.reps < 1:
+        ap.error("--reps must be at least 1")
+    if args.calibration and "," in args.workloads:
+        ap.error("--calibration is one workload's: give one in --workloads")
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedast-scaling-"))
     tmp.mkdir(parents=True, exist_ok=True)
     record: dict = {"emulated": True, "note": "EMULATED workers (calibrated sleeps, real server "
@@ -218,7 +264,8 @@ def main(argv=None) -> int:
         sets = overrides(data, len(load_config(config, [f"tasks.0.data_dir={data}",
                                                         f"tasks.1.data_dir={data}"]).tasks))
         calib = tmp / f"{name}-calibration.json"
-        cal = calibrate(config, sets, calib)
+        cal = calibrate(config, sets, calib,
+                        given=Path(args.calibration) if args.calibration else None)
         rate, first = updates_per_time(config, sets)
         cap = server_cap(config, sets, cal)
         print(f"{name}: {what}; calibrated {cal['tasks'][0]['train_seconds'] * 1e3:.1f} ms per "
@@ -227,25 +274,31 @@ def main(argv=None) -> int:
               f"mode keeps the update count of W = {cap} past it",
               file=sys.stderr, flush=True)
         runs = []
-        for w in [int(x) for x in args.workers.split(",")]:
-            for mode in args.modes.split(","):
-                # rank 0 evaluating caps the server mode: past `cap` workers its runs keep
-                # the update count of `cap`, so that they measure the same ceiling in a
-                # bounded time
-                n = min(w, cap) if mode == "server" else w
-                max_time = first + args.updates_per_worker * n / rate
-                rec = run_one(config, sets, calib, w, mode, max_time, tmp / f"{name}-{mode}-{w}")
-                runs.append(rec)
-                brief = (f"{rec['updates_per_second']:.1f} upd/s, rank 0 busy "
-                         f"{100 * rec['busy_fraction']:.0f} %, "
-                         f"{1e3 * rec['serial_seconds_per_update']:.2f} ms/update"
-                         if rec["ok"] else "FAILED " + rec.get("stderr", "")[-300:])
-                print(f"  {name} W={w:<3} eval on {mode:<7} {brief}", file=sys.stderr,
-                      flush=True)
+        for rep in range(args.reps):
+            for w in [int(x) for x in args.workers.split(",")]:
+                for mode in args.modes.split(","):
+                    # rank 0 evaluating caps the server mode: past `cap` workers its runs keep
+                    # the update count of `cap`, so that they measure the same ceiling in a
+                    # bounded time
+                    n = min(w, cap) if mode == "server" else w
+                    max_time = first + args.updates_per_worker * n / rate
+                    rec = run_one(config, sets, calib, w, mode, max_time,
+                                  tmp / f"{name}-{mode}-{w}-{rep}")
+                    rec["rep"] = rep
+                    runs.append(rec)
+                    brief = (f"{rec['updates_per_second']:.1f} upd/s (steady "
+                             f"{rec['steady_updates_per_second']:.1f}), rank 0 busy "
+                             f"{100 * rec['busy_fraction']:.0f} %, "
+                             f"{1e3 * rec['serial_seconds_per_update']:.2f} ms/update"
+                             if rec["ok"] else "FAILED " + rec.get("stderr", "")[-300:])
+                    print(f"  {name} rep {rep} W={w:<3} eval on {mode:<7} {brief}",
+                          file=sys.stderr, flush=True)
+        summary = summarize(runs)
+        print_summary(name, summary)
         record["workloads"][name] = {"data": what, "config": rel, "calibration": cal,
                                      "server_cap": cap,
                                      "updates_per_time_unit": rate, "runs": runs,
-                                     "summary": summarize(runs)}
+                                     "reps": args.reps, "summary": summary}
     emit(record, args.json)
     return 0
 

@@ -80,12 +80,44 @@ def test_scaling_server_cap_and_efficiency():
     assert scaling.server_cap(cifar, sets, cal(0.8, 0.9)) == 8  # ceil(4 × 0.8 / 0.45)
     assert scaling.server_cap(fmnist, sets, cal(0.065, 0.028)) == scaling.SERVER_CAP
     assert scaling.server_cap(cifar, sets, cal(0.01, 10.0)) == 1
-    runs = [{"workers": w, "mode": "server", "ok": True, "updates": 10 * w,
-             "updates_per_second": ups, "busy_fraction": 0.5, "serial_seconds_per_update": s}
-            for w, ups, s in ((1, 2.0, 0.1), (4, 6.0, 0.25))]
+    runs = [{"workers": w, "mode": "server", "ok": ok, "updates": 10 * w,
+             "updates_per_second": ups, "steady_updates_per_second": 2 * ups,
+             "busy_fraction": 0.5, "serial_seconds_per_update": s}
+            for w, ups, s, ok in ((1, 2.0, 0.1, True), (4, 6.0, 0.25, True),
+                                  (4, 1.0, 0.25, True), (4, 7.0, 0.25, True),
+                                  (4, 99.0, 0.25, False))]  # a failed run counts for nothing
     rows = scaling.summarize(runs)["server"]
+    assert [r["reps"] for r in rows] == [1, 3]
+    assert [r["updates_per_second"] for r in rows] == [2.0, 6.0]  # the median of 6, 1, 7
     assert [r["efficiency"] for r in rows] == [1.0, 0.75]
+    assert [r["steady_efficiency"] for r in rows] == [1.0, 0.75]
     assert rows[1]["ceiling_efficiency"] == 0.5  # 1 / (0.25 s × 4 × 2 upd/s)
+
+
+@pytest.mark.launch
+def test_scaling_script_repeats_runs_and_takes_a_given_calibration(tmp_path):
+    """Two repetitions of W = 1 and 2 emulated workers on a given calibration (no calibrating):
+    every run in the record, medians and steady rates in the summary."""
+    from fedast_mpi import emulated
+    calib = tmp_path / "cal.json"
+    emulated.save(calib, [emulated.TaskTiming(44426, 0.004, 0.002, 27)] * 2)
+    out = tmp_path / "s.json"
+    cmd = [sys.executable, "-m", "benchmarks.scaling", "--workloads", "fmnist", "--workers", "1,2",
+           "--modes", "workers", "--reps", "2", "--updates-per-worker", "30", "--calibration",
+           str(calib), "--keep", str(tmp_path / "runs"), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(out.read_text())["workloads"]["fmnist"]
+    assert rec["calibration"]["tasks"][0]["train_seconds"] == 0.004
+    assert sorted((r["rep"], r["workers"]) for r in rec["runs"]) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert all(r["ok"] and r["steady_updates_per_second"] > 0 for r in rec["runs"])
+    rows = rec["summary"]["workers"]
+    assert [(r["workers"], r["reps"]) for r in rows] == [(1, 2), (2, 2)]
+    assert rows[0]["efficiency"] == 1.0 and rows[1]["steady_efficiency"] > 0
+    assert "EMULATED" in proc.stderr and "medians" in proc.stderr
+    cmd[cmd.index("fmnist")] = "fmnist,cifar"
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and "--calibration is one workload's" in bad.stderr
 
 
 # -- scripts -------------------------------------------------------------------------------
