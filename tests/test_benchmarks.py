@@ -103,8 +103,9 @@ def test_scaling_script_repeats_runs_and_takes_a_given_calibration(tmp_path):
     emulated.save(calib, [emulated.TaskTiming(44426, 0.004, 0.002, 27)] * 2)
     out = tmp_path / "s.json"
     cmd = [sys.executable, "-m", "benchmarks.scaling", "--workloads", "fmnist", "--workers", "1,2",
-           "--modes", "workers", "--reps", "2", "--updates-per-worker", "30", "--calibration",
-           str(calib), "--keep", str(tmp_path / "runs"), "--json", str(out)]
+           "--modes", "workers", "--reps", "2", "--updates-per-worker", "30",
+           "--min-seconds", "0.16", "--calibration", str(calib), "--keep", str(tmp_path / "runs"),
+           "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     rec = json.loads(out.read_text())["workloads"]["fmnist"]
