@@ -260,3 +260,44 @@ def test_readme_keeps_where_the_other_rows_were_measured(tmp_path):
         assert "Other rows: overhead; Measured 2026-11-24 full; command `all`." in text
         assert f"| scaling, a | {value} |" in text and "| overhead, job | 1 |" in text
         assert text.count("Other rows: ") == 1 and text.endswith(f"{README_END}\nbottom\n")
+
+
+def test_critical_path_model_on_schedules_with_known_answers(tmp_path):
+    """Independent requests spread over the workers; a chain does not, whatever W; chunks go
+    before training; the schedule comes from a run file's /events and eval tables."""
+    import h5py
+    import numpy as np
+
+    from benchmarks import critical_path as cp
+    from fedast_mpi.schema import EVAL_DTYPE, EVENT_DTYPE
+    # 8 requests all dispatched at 0: 4 per worker of 2, 1 s each -> done at 4 s
+    free = np.zeros(8), np.arange(1.0, 9.0)
+    assert cp.model(*free, workers=2, train=1.0, serial=0.0, transit=0.0) == 2.0
+    assert cp.model(*free, workers=8, train=1.0, serial=0.0, transit=0.0) == 8.0
+    # each dispatched when the one before finishes: 3 round trips of 0.05 + 1 + 0.05, + 0.1 each
+    chain = np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])
+    for w in (1, 4):
+        assert abs(cp.model(*chain, workers=w, train=1.0, serial=0.1, transit=0.05)
+                   - 3 / 3.6) < 1e-9
+    # one evaluation at time 0 in 2 chunks of 0.5 s, taken before the request: done at 2 s
+    one = np.array([0.0]), np.array([1.0])
+    assert cp.model(*one, workers=1, train=1.0, serial=0.0, transit=0.0,
+                    evals=np.array([0.0]), chunks=2, chunk=0.5) == 0.5
+    run = tmp_path / "run.h5"
+    ev = np.zeros(3, EVENT_DTYPE)
+    ev["request"], ev["dispatch_time"], ev["finish_time"] = [2, 0, 1], [0, 0, 0], [3, 1, 2]
+    with h5py.File(run, "w") as f:
+        f["events"] = ev
+        for name, times in (("a", [2.0, 0.0]), ("b", [1.0])):
+            e = np.zeros(len(times), EVAL_DTYPE)
+            e["time"] = times
+            f[f"tasks/{name}/eval"] = e
+    dispatch, finish, evals = cp.load_schedule(tmp_path)
+    assert list(finish) == [1, 2, 3] and list(dispatch) == [0, 0, 0]
+    assert list(evals) == [0.0, 1.0, 2.0]
+    out = tmp_path / "cp.json"
+    assert cp.main([str(run), "--workers", "1,3", "--train-ms", "1000", "--serial-ms", "0",
+                    "--transit-ms", "0", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["updates_per_second"] for r in rows] == [1.0, 3.0]
+    assert rows[1]["efficiency_vs_w1"] == 1.0
