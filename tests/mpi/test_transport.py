@@ -14,7 +14,7 @@ import pytest
 from mpi4py import MPI
 
 from fedast_mpi.records import Request, Work
-from fedast_mpi.transport import ServerTransport
+from fedast_mpi.transport import MAX_PASSES, ServerTransport
 from fedast_mpi.worker import Worker
 
 pytestmark = pytest.mark.mpi(min_size=2)
@@ -96,6 +96,8 @@ def test_updates_land_in_their_task_and_models_travel_once():
         workers = {r.worker for r in reqs}
         assert workers == set(range(1, st.comm.size))  # load spread over every worker
         assert not st.landed
+        # a wake-up's passes that land nothing: one with few workers, one per two up to the cap
+        assert st.passes == max(1, min(MAX_PASSES, (st.comm.size - 1) // 2))
 
     with_workers(server)
 
