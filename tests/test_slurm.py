@@ -34,6 +34,8 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NOD
 # a local test cluster may advertise more CPUs than cores (SLURM_LOCAL_CPUS): jobs use 3 tasks
 NTASKS = 3
 JOB_OPTS = [f"--ntasks={NTASKS}", "--cpus-per-task=1", "--gres=none", "--time=0:15:00"]
+# seconds between a requeued job's first sighting as pending and moving its start (wait_job)
+REQUEUE_GAP = 3.0
 
 
 # ------------------------------------------------------------------------------- the cluster
@@ -133,10 +135,15 @@ def wait_job(job_id: str, timeout: float, logs: list[Path], after_requeue: bool 
     requeued job for the credential lifetime (cred_expire, 120 s by default); (2) lift its time
     limit to 15 min, so that the resumed run completes without a second interruption (which
     would work too, at a minute per round on a 2-core machine).
+    The start is moved only REQUEUE_GAP seconds after the job was first seen pending again: slurmd
+    revokes the first start's credential at the second the batch shell ends, and refuses a new
+    credential made in that same second ("Job credential revoked": the job ends FAILED without
+    starting, as in CI's stop 21), which SLURM's own hold exists to avoid.
     """
     deadline = time.monotonic() + timeout
     records: list[dict[str, str]] = []
     lifted = set()
+    pending_since: dict[str, float] = {}
     while time.monotonic() < deadline:
         records = job_records(job_id)
         if records and all(r.get("JobState") in TERMINAL for r in records):
@@ -149,7 +156,9 @@ def wait_job(job_id: str, timeout: float, logs: list[Path], after_requeue: bool 
                     _sh("scontrol", "update", f"JobId={r['JobId']}", "TimeLimit=15")
                     lifted.add(r["JobId"])
                 if r.get("JobState") == "PENDING" and r.get("Reason") == "BeginTime":
-                    _sh("scontrol", "update", f"JobId={r['JobId']}", "StartTime=now")
+                    seen = pending_since.setdefault(r["JobId"], time.monotonic())
+                    if time.monotonic() - seen >= REQUEUE_GAP:
+                        _sh("scontrol", "update", f"JobId={r['JobId']}", "StartTime=now")
         time.sleep(1)
     _sh("scancel", job_id)
     pytest.fail(f"job {job_id} not finished after {timeout:.0f} s: "
