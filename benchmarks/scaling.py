@@ -12,11 +12,13 @@
    `fedast_mpi.speculation`, sending requests ahead of their confirmation; workers-held: the
    same, requests held back until confirmed (FEDAST_SPECULATE=held, the previous design);
    workers-wait: rank 0 waits for every result), one virtual-clock run whose `max_time` makes
-   about `--updates-per-worker` × W updates, so every run lasts about the same wall time
-   if the server keeps up, and at least the updates one worker trains in `--min-seconds`:
-   a Fashion-MNIST run of 60 updates at W = 1 spends a third of its loop starting and ending
-   (6.8 updates/s against 9.4 over 500 updates, on the same calibration), which made every
-   efficiency 1.4 times too high. Server mode:
+   W × (at least `--updates-per-worker`, and the updates one worker trains in
+   `--min-seconds`) updates, so that every run lasts about the same wall time if the server
+   keeps up, and long enough that starting and ending weigh alike at every W: a
+   Fashion-MNIST run of 60 updates at W = 1 spends a third of its loop starting and ending
+   (6.8 updates/s against 9.4 over 500 updates, on the same calibration), and a run's fixed
+   second after its loop (final evaluations and checkpoint, the drain) is an eighth of an
+   8-second run at W = 64. Server mode:
    × min(W, cap), cap = 4 × the W at which rank 0's evaluations alone saturate it (from the
    calibration; at most 16): past it every run measures the same ceiling, in a bounded time
    (CIFAR-10, ~10 s per evaluation: 7-8).
@@ -26,11 +28,14 @@
    the summary takes medians. `--calibration FILE` (a previous run's, kept by --keep, or one
    written by `fedast_mpi.emulated.save`) skips step 1: invocations on other days then emulate
    the same work, and only the server's speed differs.
-3. From the run file: updates/s over the training loop (`updates_processed / wall_seconds`),
-   the steady rate over the middle half of the run's /events rows (no start-up, no tail: the
-   W = 1 runs are short, and their ramp flatters the small W),
+3. From the run file: updates/s over the training loop (`updates_processed / loop_seconds`:
+   from the policy's start to the last update taken), the same over the whole run
+   (`wall_seconds`: also the server's set-up, the final evaluations and checkpoint, the drain,
+   about a second at W = 64 whatever the run's length, which truncated benchmark runs of
+   8 s magnify and the paper's full runs do not), the steady rate over the middle half of
+   the run's /events rows,
    efficiency = updates/s ÷ (W × updates/s at W = 1, same evaluation mode), rank 0's busy
-   fraction (1 − server_wait_seconds / wall_seconds), rank 0's serial seconds per update by
+   fraction over the loop (1 − server_wait_seconds / loop_seconds), serial seconds per update by
    category (`server_busy_*_seconds`), and the ceiling they imply: a server busy s seconds per
    update cannot take more than 1/s updates/s, i.e. efficiency ≤ 1 / (s · W · updates/s at 1).
 
@@ -180,22 +185,25 @@ def run_one(config: str, sets: list[str], calib: Path, workers: int, mode: str,
         a = {k: f.attrs[k] for k in f.attrs}
         walls = np.sort(f["events"]["wall"])
     updates, wall = int(a["updates_processed"]), float(a["wall_seconds"])
+    loop = float(a.get("loop_seconds", wall))  # (run files before it: the whole run)
     wait = float(a["server_wait_seconds"])
     busy = {c: float(a.get(f"server_busy_{c}_seconds", 0.0)) for c in CATEGORIES}
     lo, hi = len(walls) // 4, (3 * len(walls)) // 4  # the middle half of the rows
     steady = (hi - lo) / (walls[hi] - walls[lo]) if hi > lo and walls[hi] > walls[lo] else math.nan
     rec.update(speculation={k: int(v) for k, v in a.items() if k.startswith("speculation_")})
     rec.update(steady_updates_per_second=float(steady))
-    rec.update(updates=updates, wall_seconds=wall, updates_per_second=updates / wall,
+    rec.update(updates=updates, wall_seconds=wall, loop_seconds=loop,
+               updates_per_second=updates / loop, run_updates_per_second=updates / wall,
+               fixed_seconds=wall - loop,
                server_wait_seconds=wait, server_cpu_seconds=float(a["server_cpu_seconds"]),
-               busy_fraction=1.0 - wait / wall,
-               serial_seconds_per_update=(wall - wait) / updates,
+               busy_fraction=1.0 - wait / loop,
+               serial_seconds_per_update=(loop - wait) / updates,
                busy_per_update={c: v / updates for c, v in busy.items()})
     return rec
 
 
-MEDIANS = ("updates", "updates_per_second", "steady_updates_per_second", "busy_fraction",
-           "serial_seconds_per_update")
+MEDIANS = ("updates", "updates_per_second", "run_updates_per_second", "fixed_seconds",
+           "steady_updates_per_second", "busy_fraction", "serial_seconds_per_update")
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -215,6 +223,8 @@ def summarize(runs: list[dict]) -> dict:
             if base is not None:
                 one, steady_one = base["updates_per_second"], base["steady_updates_per_second"]
                 row["efficiency"] = row["updates_per_second"] / (w * one)
+                row["run_efficiency"] = row["run_updates_per_second"] / (
+                    w * base["run_updates_per_second"])
                 row["steady_efficiency"] = row["steady_updates_per_second"] / (w * steady_one)
                 row["ceiling_efficiency"] = min(1.0, 1.0 / (row["serial_seconds_per_update"]
                                                             * w * one))
@@ -227,11 +237,13 @@ def print_summary(name: str, summary: dict) -> None:
     print(f"{name} (EMULATED workers; medians over the repetitions):", file=sys.stderr)
     for mode, rows in summary.items():
         for r in rows:
-            eff = (f"eff {r['efficiency']:.2f} (steady {r['steady_efficiency']:.2f}, ceiling "
-                   f"{r['ceiling_efficiency']:.2f})" if "efficiency" in r else "")
+            eff = (f"eff {r['efficiency']:.2f} (whole run {r['run_efficiency']:.2f}, steady "
+                   f"{r['steady_efficiency']:.2f}, ceiling {r['ceiling_efficiency']:.2f})"
+                   if "efficiency" in r else "")
             print(f"  {mode:<12} W={r['workers']:<3} {r['updates_per_second']:7.1f} upd/s "
-                  f"(steady {r['steady_updates_per_second']:7.1f}) x{r['reps']} {eff}",
-                  file=sys.stderr)
+                  f"(whole run {r['run_updates_per_second']:7.1f}, steady "
+                  f"{r['steady_updates_per_second']:7.1f}, {r['fixed_seconds']:.2f} s outside "
+                  f"the loop) x{r['reps']} {eff}", file=sys.stderr)
     sys.stderr.flush()
 
 
@@ -245,9 +257,9 @@ def main(argv=None) -> int:
                          "speculates past the results, sending requests ahead; workers-held: "
                          "requests held until confirmed; workers-wait: rank 0 waits")
     ap.add_argument("--updates-per-worker", type=float, default=60.0)
-    ap.add_argument("--min-seconds", type=float, default=40.0,
-                    help="every run makes at least the updates one worker trains in this "
-                         "time (the W = 1 baseline's length)")
+    ap.add_argument("--min-seconds", type=float, default=20.0,
+                    help="every run makes at least W × the updates one worker trains in this "
+                         "time (about the loop's length at every W if the server keeps up)")
     ap.add_argument("--reps", type=int, default=1, help="runs of every (W, mode); medians")
     ap.add_argument("--calibration", default=None,
                     help="a calibration file to emulate instead of calibrating (one workload)")
@@ -288,7 +300,7 @@ def main(argv=None) -> int:
                     # the update count of `cap`, so that they measure the same ceiling in a
                     # bounded time
                     n = min(w, cap) if mode == "server" else w
-                    max_time = first + max(args.updates_per_worker * n, least) / rate
+                    max_time = first + n * max(args.updates_per_worker, least) / rate
                     rec = run_one(config, sets, calib, w, mode, max_time,
                                   tmp / f"{name}-{mode}-{w}-{rep}")
                     rec["rep"] = rep

@@ -97,6 +97,7 @@ class Server:
         self.busy = Busy(self.executor.wait)
         self.loop_seconds = 0.0
         self._loop_start: float | None = None
+        self.loop_wait: tuple[float, float, int] | None = None
         self.tasks = Tasks(cfg.tasks, models.initial, self.recorder, evaluate,
                            self.executor.free, self.busy)
         # the random streams policies draw from: the same for every algorithm of a seed
@@ -134,6 +135,8 @@ class Server:
         finally:
             self.loop_seconds = self.looped()
             self._loop_start = None
+            wait = self.executor.wait  # the loop's waits (not the final evaluations')
+            self.loop_wait = (wait.wall, wait.cpu, wait.wakeups)
         self.evaluate_final()
         return "completed", reason
 
@@ -260,8 +263,9 @@ class Server:
                                 final_loss=np.array([f[1] for f in final], np.float64),
                                 final_version=np.array([f[2] for f in final], np.int64))
         wait = self.executor.wait
+        wall, cpu, wakeups = self.loop_wait or (wait.wall, wait.cpu, wait.wakeups)
         busy = {f"server_busy_{k}_seconds": v for k, v in self.busy.seconds.items()}
-        busy["server_busy_other_seconds"] = (self.loop_seconds - wait.wall
+        busy["server_busy_other_seconds"] = (self.loop_seconds - wall
                                              - sum(self.busy.seconds.values()))
         self.sink.set_attrs(**busy)
         if self.speculation is not None:
@@ -274,9 +278,9 @@ class Server:
         self.sink.set_attrs(updates_processed=self.tasks.n_processed,
                             requests_dispatched=self.book.next_id,
                             requests_dropped=self.book.n_dropped, final_time=self.clock.now,
-                            wall_seconds=self.clock.wall(), server_wait_seconds=wait.wall,
-                            server_wait_cpu_seconds=wait.cpu,
-                            server_wait_wakeups=wait.wakeups,
+                            wall_seconds=self.clock.wall(), loop_seconds=self.loop_seconds,
+                            server_wait_seconds=wall, server_wait_cpu_seconds=cpu,
+                            server_wait_wakeups=wakeups,
                             server_cpu_seconds=self.clock.cpu(),
                             compute_seconds=self.executor.compute_seconds,
                             group_sizes=np.array(self.group_sizes, np.int32))

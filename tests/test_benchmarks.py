@@ -82,6 +82,7 @@ def test_scaling_server_cap_and_efficiency():
     assert scaling.server_cap(cifar, sets, cal(0.01, 10.0)) == 1
     runs = [{"workers": w, "mode": "server", "ok": ok, "updates": 10 * w,
              "updates_per_second": ups, "steady_updates_per_second": 2 * ups,
+             "run_updates_per_second": ups / 2, "fixed_seconds": w / 10,
              "busy_fraction": 0.5, "serial_seconds_per_update": s}
             for w, ups, s, ok in ((1, 2.0, 0.1, True), (4, 6.0, 0.25, True),
                                   (4, 1.0, 0.25, True), (4, 7.0, 0.25, True),
@@ -91,6 +92,8 @@ def test_scaling_server_cap_and_efficiency():
     assert [r["updates_per_second"] for r in rows] == [2.0, 6.0]  # the median of 6, 1, 7
     assert [r["efficiency"] for r in rows] == [1.0, 0.75]
     assert [r["steady_efficiency"] for r in rows] == [1.0, 0.75]
+    assert [r["run_efficiency"] for r in rows] == [1.0, 0.75]
+    assert [r["fixed_seconds"] for r in rows] == [0.1, 0.4]
     assert rows[1]["ceiling_efficiency"] == 0.5  # 1 / (0.25 s × 4 × 2 upd/s)
 
 
@@ -115,6 +118,9 @@ def test_scaling_script_repeats_runs_and_takes_a_given_calibration(tmp_path):
     rows = rec["summary"]["workers"]
     assert [(r["workers"], r["reps"]) for r in rows] == [(1, 2), (2, 2)]
     assert rows[0]["efficiency"] == 1.0 and rows[1]["steady_efficiency"] > 0
+    for r in rec["runs"]:  # the loop is part of the whole run, which has set-up and drain
+        assert 0 < r["loop_seconds"] < r["wall_seconds"]
+        assert r["updates_per_second"] > r["run_updates_per_second"]
     assert "EMULATED" in proc.stderr and "medians" in proc.stderr
     cmd[cmd.index("fmnist")] = "fmnist,cifar"
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)

@@ -47,6 +47,14 @@ def test_emulated_workers_run_without_torch(tmp_path, calibration, evaluation):
     assert attrs["status"] == "completed" and attrs["stop_reason"] == "max_time"
     updates = int(attrs["updates_processed"])
     assert updates > 100
+    # rank 0's measured seconds: its waits and busy categories inside the loop, the loop
+    # inside the run (which also has the set-up, the final checkpoint and the drain)
+    busy = sum(v for k, v in attrs.items() if k.startswith("server_busy_"))
+    assert 0 < attrs["loop_seconds"] < attrs["wall_seconds"]
+    assert busy + attrs["server_wait_seconds"] == pytest.approx(attrs["loop_seconds"])
+    # waits for the final evaluations come after the loop: not in its waits
+    assert 0 <= attrs["server_wait_seconds"] < attrs["loop_seconds"]
+    assert attrs["server_busy_other_seconds"] >= 0
     # every request sent was slept for its calibrated time on a worker
     assert attrs["compute_seconds"] >= 0.9 * TRAIN * updates
     if evaluation == "workers":  # emulated chunks count no correct prediction
