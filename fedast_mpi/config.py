@@ -543,11 +543,19 @@ class PartitionConfig(_Section):
     """Training samples per client (>= 1); null splits the whole training set."""
     refill: Literal["class", "all"] = "class"
     """dirichlet: when a class's pool of samples runs out, `class` refills that class's pool
-    alone; `all` puts every used sample of every class back (the authors' DirichletLoader)."""
+    alone; `all` takes it again in the same order (the authors' DirichletLoader)."""
+    data_seed: int | None = field(default=None,
+                                  metadata=_limits(0, SEED_MAX, "a seed, as run.seed"))
+    """dirichlet with refill `all`: null draws the shards from the run seed; an integer makes
+    the authors' DirichletLoader's exact shards for their `data_seed` (10 in their demos), the
+    same for every run seed (`data.partition.authors_dirichlet_partition`)."""
 
     def _check(self) -> None:
         _positive("alpha", self.alpha)
         _at_least("samples_per_client", self.samples_per_client, 1)
+        if self.data_seed is not None and (self.kind, self.refill) != ("dirichlet", "all"):
+            _fail("data_seed", "needs kind 'dirichlet' with refill 'all' (the authors' loader); "
+                               f"got kind {self.kind!r}, refill {self.refill!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

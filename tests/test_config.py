@@ -218,6 +218,10 @@ BAD = [
      "tasks.0.partition.samples_per_client: must be >= 1"),
     ("tasks.0.partition.refill", "some",
      "tasks.0.partition.refill: expected one of class, all; got 'some'"),
+    ("tasks.0.partition.data_seed", 10,
+     "tasks.0.partition.data_seed: needs kind 'dirichlet' with refill 'all'"),
+    ("tasks.0.partition", {"kind": "dirichlet", "refill": "all", "data_seed": -1},
+     "tasks.0.partition.data_seed: must be"),
     # catalog
     ("tasks.0.dataset", "mnist-x",
      "tasks.0.dataset: unknown dataset 'mnist-x' (known: digits, synthetic, mnist"),

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fedast_mpi.data import load_task_data
-from fedast_mpi.data.partition import dirichlet_partition, iid_partition
+from fedast_mpi.data.partition import (authors_dirichlet_partition, dirichlet_partition,
+                                        iid_partition)
 from fedast_mpi.errors import ConfigError
 
 SYN = {"alpha": 1.0, "beta": 1.0, "dim": 60, "classes": 10, "test_per_client": 20}
@@ -142,18 +143,77 @@ def test_dirichlet_sizes_and_skew():
 
 
 def test_dirichlet_refill_all_puts_every_class_back():
-    """refill 'class' uses every sample of a class before any repeats; 'all' (the authors')
-    restarts every pool when one runs out, so samples late in a pool go unused; the default
-    draws what it drew before the option existed (same stream, same shards)."""
+    """Both refills use every sample of a class before any repeats; 'class' repeats a class in
+    a fresh order, 'all' (the authors') in the same order; the default draws what it drew
+    before the option existed (same stream, same shards)."""
     labels = np.repeat(np.arange(4), [10, 400, 400, 400])  # class 0 runs out first
     rng = np.random.default_rng
 
-    def unused(refill):
+    def uses(refill):
         shards = dirichlet_partition(labels, 60, 0.1, 20, rng(4), refill)
         assert [len(s) for s in shards] == [20] * 60
-        return 1210 - len(np.unique(np.concatenate(shards)))
-    assert unused("class") < unused("all")
+        counts = np.bincount(np.concatenate(shards), minlength=len(labels))
+        for c in range(4):  # balanced: no sample of a class is used twice before all once
+            assert np.ptp(counts[labels == c]) <= 1
+        return shards
+    cls, al = uses("class"), uses("all")
+    assert [s.tolist() for s in cls] != [s.tolist() for s in al]
     assert [s.tolist() for s in dirichlet_partition(labels, 60, 0.1, 20, rng(4))] == \
         [s.tolist() for s in dirichlet_partition(labels, 60, 0.1, 20, rng(4), "class")]
     with pytest.raises(ConfigError, match="refill"):
         dirichlet_partition(labels, 6, 0.1, 20, rng(4), "some")
+
+
+def _authors_reference(labels, n_clients, alpha, spc, data_seed):
+    """PAPER.md §6.1's DirichletLoader, written as described there (recursive extract)."""
+    import random
+    r = random.Random(data_seed)
+    state = np.random.RandomState([r.randint(0, 100000000) for _ in range(4)][3])
+    pools = {c: [i for i in range(len(labels)) if labels[i] == c] for c in np.unique(labels)}
+    used = {c: [] for c in pools}
+
+    def extract(c, n):
+        if len(pools[c]) > n:
+            out = pools[c][:n]
+            used[c].extend(out)
+            del pools[c][:n]
+            return out
+        for k in pools:
+            pools[k].extend(used[k])
+            used[k] = []
+        return extract(c, n)
+    shards = []
+    for _ in range(n_clients):
+        counts = np.round(state.dirichlet([alpha] * len(pools)) * spc).astype(int)
+        shards.append([i for c, n in zip(pools, counts) for i in extract(c, n)])
+    return shards
+
+
+def test_authors_dirichlet_partition_is_their_loader():
+    """data_seed reproduces the authors' shards: their seed derivation, round() counts, file
+    order pools and refill of every class; independent of the run seed; pinned by a digest."""
+    import hashlib
+    import random
+    py = random.Random(10)
+    assert [py.randint(0, 100000000) for _ in range(4)][3] == 64768331  # stable since 3.2
+    labels = np.random.default_rng(0).integers(0, 5, size=700)
+    got = authors_dirichlet_partition(labels, 80, 0.3, 30, 10)
+    assert [s.tolist() for s in got] == _authors_reference(labels, 80, 0.3, 30, 10)
+    sizes = [len(s) for s in got]
+    assert min(sizes) < 30 < max(sizes) and abs(np.mean(sizes) - 30) < 1  # round(), not exact
+    assert got[0].tolist() == sorted(got[0].tolist(), key=lambda i: (labels[i], i))  # file order
+    counts = np.bincount(np.concatenate(got), minlength=len(labels))
+    for c in range(5):  # every class is taken cyclically, so evenly
+        assert np.ptp(counts[labels == c]) <= 1
+    assert authors_dirichlet_partition(labels, 80, 0.3, 30, 11)[0].tolist() != got[0].tolist()
+    digest = hashlib.sha256(np.concatenate(got).tobytes()).hexdigest()[:16]
+    assert digest == "4a45a2f016d8a54c"
+    with pytest.raises(ConfigError, match="fewer than"):
+        authors_dirichlet_partition(np.array([0] * 3 + [1] * 50), 5, 1.0, 20, 10)
+    # through load_task_data: the same shards for every run seed
+    t = task(kind="dirichlet", alpha=0.1, spc=30)
+    t.partition.refill, t.partition.data_seed = "all", 10
+    a, b = load_task_data(t, 20, 3), load_task_data(t, 20, 4)
+    assert same(a, b)
+    assert [s.tolist() for s in a.shards] == \
+        [s.tolist() for s in authors_dirichlet_partition(a.train_y.numpy(), 20, 0.1, 30, 10)]

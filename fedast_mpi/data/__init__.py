@@ -11,7 +11,8 @@ import torch
 from fedast_mpi import seeding
 from fedast_mpi.catalog import DATASETS
 from fedast_mpi.data import cifar, digits, idx, leaf, synthetic
-from fedast_mpi.data.partition import dirichlet_partition, iid_partition
+from fedast_mpi.data.partition import (authors_dirichlet_partition, dirichlet_partition,
+                                        iid_partition)
 from fedast_mpi.errors import ConfigError, DataError
 from fedast_mpi.plugins import PLUGIN_PARTITIONS, PluginData, is_plugin, resolve
 
@@ -128,12 +129,14 @@ def partition_key(task) -> str:
 
 
 def _partition_fields(part) -> dict:
-    """The partition's settings that key its stream; `refill` only when not the default, so
-    the shards of configs without it are what they were before it existed."""
+    """The partition's settings that key its stream; `refill` and `data_seed` only when not
+    the default, so the shards of configs without them are what they were before they existed."""
     fields = {"kind": part.kind, "alpha": part.alpha,
               "samples_per_client": part.samples_per_client}
     if getattr(part, "refill", "class") != "class":
         fields["refill"] = part.refill
+    if getattr(part, "data_seed", None) is not None:
+        fields["data_seed"] = part.data_seed
     return fields
 
 
@@ -184,6 +187,9 @@ def partition(task, source: Source, n_clients: int, seed: int) -> tuple[np.ndarr
         shards = [np.arange(k * spc, (k + 1) * spc, dtype=np.int64) for k in range(n_clients)]
     elif part.kind == "iid":
         shards = iid_partition(len(source.train_y), n_clients, _spc(task), rng)
+    elif fields.get("data_seed") is not None:
+        shards = authors_dirichlet_partition(source.train_y, n_clients, part.alpha, _spc(task),
+                                             fields["data_seed"])
     else:
         shards = dirichlet_partition(source.train_y, n_clients, part.alpha, _spc(task), rng,
                                      fields.get("refill", "class"))

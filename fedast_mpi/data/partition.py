@@ -61,11 +61,12 @@ def dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float,
     exactly samples_per_client samples (None: n_items // n_clients, at least 1), unlike the
     authors' round() that can be off by a few. Each class has a pool taken sequentially
     across clients. `refill="class"`: an exhausted pool is refilled with a fresh permutation
-    of that class only, so every sample of a class is used before any repeats. `refill="all"`
-    (the authors' code): an exhausted pool puts every used sample of every class back, i.e.
-    all pools restart from their beginning in the same order, so the tails of the classes in
-    less demand are never used. Pools start as a permutation, so the dataset order does not
-    matter. The client's samples are then shuffled.
+    of that class only, so every sample of a class is used before any repeats. `refill="all"`:
+    an exhausted pool starts again in the same order. That is the authors' loader: it puts
+    every used sample of every class back behind that class's unused ones, so each class is
+    taken cyclically in one order (`authors_dirichlet_partition` is theirs exactly). Pools
+    start as a permutation, so the dataset order does not matter. The client's samples are
+    then shuffled.
     """
     labels = np.asarray(labels)
     _check(len(labels), n_clients, samples_per_client)
@@ -84,15 +85,71 @@ def dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float,
         parts = []
         for c, need in enumerate(counts):
             while need > 0:
-                if cursor[c] == len(pools[c]) and refill == "all":
-                    cursor = [0] * len(classes)
-                elif cursor[c] == len(pools[c]):
-                    pools[c], cursor[c] = rng.permutation(members[c]), 0
+                if cursor[c] == len(pools[c]):
+                    if refill == "class":
+                        pools[c] = rng.permutation(members[c])
+                    cursor[c] = 0
                 take = min(need, len(pools[c]) - cursor[c])
                 parts.append(pools[c][cursor[c]:cursor[c] + take])
                 cursor[c] += take
                 need -= take
         shards.append(rng.permutation(np.concatenate(parts)).astype(np.int64))
+    return shards
+
+
+# The authors' loader dict builds four loaders (basic, bias, leaf, dirichlet), each seeding its
+# numpy RandomState with random.randint(0, 10**8) in that order: the Dirichlet one draws 4th.
+_AUTHORS_LOADER_DRAWS = 4
+_AUTHORS_SEED_MAX = 100_000_000
+
+
+def authors_dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float,
+                                samples_per_client: int | None,
+                                data_seed: int) -> list[np.ndarray]:
+    """The authors' DirichletLoader partition exactly, for their `data_seed` (PAPER.md §6.1).
+
+    Python's random seeded with data_seed gives, on its 4th randint(0, 10**8), the seed of a
+    legacy numpy RandomState. Per client in order: p ~ Dir(alpha * 1_C) from it, counts
+    round(p * samples_per_client) (so a shard can be a few samples off). Each class's pool
+    is the dataset's samples of that class in file order, taken from the front; when a pool
+    holds no more than a client needs, every class's used samples are appended to its pool
+    (unused ones stay in front). The same shards for every run seed, as the paper's Monte
+    Carlo runs all used the demo's data seed. A shard's order is the extraction order
+    (the authors shuffle it; local training draws its own batch order).
+    """
+    import random  # the authors' generator; its own instance, seeded here
+
+    labels = np.asarray(labels)
+    _check(len(labels), n_clients, samples_per_client)
+    if not alpha > 0:
+        raise ConfigError(f"dirichlet partition needs alpha > 0, got {alpha!r}")
+    spc = samples_per_client if samples_per_client is not None else max(1, len(labels) // n_clients)
+    py = random.Random(int(data_seed))
+    seed = [py.randint(0, _AUTHORS_SEED_MAX) for _ in range(_AUTHORS_LOADER_DRAWS)][-1]
+    legacy = np.random.RandomState(seed)
+    classes = np.unique(labels)
+    pools: list[list[int]] = [np.flatnonzero(labels == c).tolist() for c in classes]
+    used: list[list[int]] = [[] for _ in classes]
+    shards = []
+    for k in range(n_clients):
+        p = legacy.dirichlet([float(alpha)] * len(classes))
+        if not np.all(np.isfinite(p)):
+            raise ConfigError(f"partition.data_seed {data_seed}: client {k}'s Dirichlet draw is "
+                              f"not finite (alpha {alpha} too small for the authors' loader)")
+        counts = np.round(p * spc).astype(np.int64).tolist()
+        parts: list[int] = []
+        for c, need in enumerate(counts):
+            while len(pools[c]) <= need:  # the authors' `len > n` test, then refill every class
+                if not any(used):
+                    raise ConfigError(f"partition.data_seed: class {classes[c]} has fewer than "
+                                      f"{need + 1} samples")
+                for j in range(len(classes)):
+                    pools[j].extend(used[j])
+                    used[j] = []
+            taken, pools[c] = pools[c][:need], pools[c][need:]
+            used[c].extend(taken)
+            parts.extend(taken)
+        shards.append(np.asarray(parts, np.int64))
     return shards
 
 
