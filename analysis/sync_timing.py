@@ -100,8 +100,9 @@ def report(run: Run, reps: int, seed: int) -> str:
     mult = np.asarray(run.clients["multiplier"], np.float64)
     rng = np.random.default_rng(seed)
     sims = np.array([simulate(setting, mult, len(before), rng).mean() for _ in range(reps)])
-    last = max((t.reached_time for t in run.tasks), default=np.nan)
-    return (f"{run.path}: {n_rounds} rounds, done at {last:.1f}; the {len(before)} rounds with "
+    reached = [t.reached_time for t in run.tasks]
+    done = f"done at {max(reached):.1f}" if np.all(np.isfinite(reached)) else "not done"
+    return (f"{run.path}: {n_rounds} rounds, {done}; the {len(before)} rounds with "
             f"every task unfinished: measured mean {before.mean():.3f}, simulated "
             f"{sims.mean():.3f} ± {sims.std(ddof=1) if reps > 1 else 0.0:.3f} "
             f"({reps} simulations of as many rounds, the run's client multipliers)")
