@@ -69,12 +69,9 @@ def dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float,
     then shuffled.
     """
     labels = np.asarray(labels)
-    _check(len(labels), n_clients, samples_per_client)
-    if not alpha > 0:
-        raise ConfigError(f"dirichlet partition needs alpha > 0, got {alpha!r}")
+    spc = _dirichlet_spc(labels, n_clients, alpha, samples_per_client)
     if refill not in ("class", "all"):
         raise ConfigError(f"dirichlet refill must be 'class' or 'all', got {refill!r}")
-    spc = samples_per_client if samples_per_client is not None else max(1, len(labels) // n_clients)
     classes = np.unique(labels)
     members = [np.flatnonzero(labels == c).astype(np.int64) for c in classes]
     pools = [rng.permutation(m) for m in members]
@@ -120,10 +117,7 @@ def authors_dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float
     import random  # the authors' generator; its own instance, seeded here
 
     labels = np.asarray(labels)
-    _check(len(labels), n_clients, samples_per_client)
-    if not alpha > 0:
-        raise ConfigError(f"dirichlet partition needs alpha > 0, got {alpha!r}")
-    spc = samples_per_client if samples_per_client is not None else max(1, len(labels) // n_clients)
+    spc = _dirichlet_spc(labels, n_clients, alpha, samples_per_client)
     py = random.Random(int(data_seed))
     seed = [py.randint(0, _AUTHORS_SEED_MAX) for _ in range(_AUTHORS_LOADER_DRAWS)][-1]
     legacy = np.random.RandomState(seed)
@@ -151,6 +145,17 @@ def authors_dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float
             parts.extend(taken)
         shards.append(np.asarray(parts, np.int64))
     return shards
+
+
+def _dirichlet_spc(labels: np.ndarray, n_clients: int, alpha: float,
+                   samples_per_client: int | None) -> int:
+    """Check a Dirichlet partition's arguments; its samples per client (None: an even split)."""
+    _check(len(labels), n_clients, samples_per_client)
+    if not alpha > 0:
+        raise ConfigError(f"dirichlet partition needs alpha > 0, got {alpha!r}")
+    if samples_per_client is not None:
+        return samples_per_client
+    return max(1, len(labels) // n_clients)
 
 
 def _check(n_items: int, n_clients: int, samples_per_client: int | None) -> None:
